@@ -1,0 +1,57 @@
+"""Device choice, seeding and the notebook set-up call.
+
+Every chapter starts with ``setup()``: it seeds every generator, picks the device once (cuda, then mps, then
+cpu), sets the plot style and reads the mode: quick (default, for CI and the book) or full (``DIFFEDU_FULL=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The device every chapter uses: ``prefer`` if given, else CUDA, then Apple's MPS, then the CPU."""
+    if prefer is not None:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices) so a run repeats exactly; returns a CPU generator too."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def full_mode() -> bool:
+    """True when ``DIFFEDU_FULL=1``: train longer, sample more (meant for a GPU)."""
+    return os.environ.get("DIFFEDU_FULL", "0") not in ("", "0", "false", "False")
+
+
+@dataclass
+class Setup:
+    device: torch.device
+    full: bool
+    seed: int
+
+    def __repr__(self) -> str:  # what the notebook prints: no addresses, no timings
+        return f"diffedu setup: device={self.device.type}, mode={'full' if self.full else 'quick'}, seed={self.seed}"
+
+
+def setup(seed: int = 0, device: str | None = None) -> Setup:
+    """The one call at the top of each chapter: seed, device, plot style, mode."""
+    seed_everything(seed)
+    from . import viz  # imported here so the library does not need matplotlib until a chapter runs
+
+    viz.set_style()
+    return Setup(device=pick_device(device), full=full_mode(), seed=seed)
