@@ -16,7 +16,7 @@ def check_finite(name: str, x: torch.Tensor) -> None:
     """Raise if tensor ``x`` holds a NaN or an infinity."""
     if not torch.is_tensor(x):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and not bool(torch.isfinite(x.detach()).all()):
         raise ValueError(f"{name} contains NaN or inf values; it must be finite")
 
 
@@ -58,6 +58,7 @@ def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
 def check_time(name: str, t: torch.Tensor, low: float = 0.0, high: float = 1.0) -> None:
     """Raise unless every entry of the time tensor ``t`` is finite and inside [low, high]."""
     check_finite(name, t)
+    t = t.detach()
     if t.numel() and (float(t.min()) < low or float(t.max()) > high):
         raise ValueError(f"{name} must lie in [{low}, {high}], got values in "
                          f"[{float(t.min()):.4g}, {float(t.max()):.4g}]")
