@@ -57,9 +57,9 @@ def q_posterior(schedule: DiscreteSchedule, x0: Tensor, x_i: Tensor, i: Tensor) 
     check_finite("x0", x0)
     check_finite("x_i", x_i)
     i = schedule.check_index(i)
-    if i.shape != (x0.shape[0],):
-        raise ValueError(f"i must have shape ({x0.shape[0]},) to match x0, got {tuple(i.shape)}")
-    c0, ci = schedule.posterior_coefficients(i)  # (B,) each
+    if i.shape not in ((), (x0.shape[0],)):
+        raise ValueError(f"i must be a scalar or have shape ({x0.shape[0]},) to match x0, got {tuple(i.shape)}")
+    c0, ci = schedule.posterior_coefficients(i)  # (B,) each, or scalars
     mean = broadcast_to(c0, x0) * x0 + broadcast_to(ci, x0) * x_i
     return mean, broadcast_to(schedule.posterior_variance(i), x0)
 
@@ -130,10 +130,10 @@ def ddpm_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, steps:
     x = x_T
     trajectory, x0_preds = [x.cpu()], []
     for i in tqdm(range(schedule.N, 0, -1), disable=not progress, desc="DDPM sampling"):
-        i_batch = torch.full((x.shape[0],), i, dtype=torch.long)  # (B,)
-        mean, x0_hat = p_mean(model, x, i_batch, schedule, cond, clip_x0)
+        i_now = torch.tensor(i)  # one step index for the whole batch
+        mean, x0_hat = p_mean(model, x, i_now, schedule, cond, clip_x0)
         if i > 1:
-            var = broadcast_to(reverse_step_variance(schedule, i_batch, variance), x)  # (B, 1, ...)
+            var = broadcast_to(reverse_step_variance(schedule, i_now, variance), x)  # scalar
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = mean + var.sqrt() * z
         else:

@@ -91,9 +91,8 @@ def predict_x0_eps(model: Callable, x_t: Tensor, t: Tensor | float, schedule: No
     check_finite("x_t", x_t)
     t = as_time(t)
     check_batch_time("x_t", x_t, "t", t)
-    t = t.expand(x_t.shape[0])  # (B,)
-    alpha, sigma = schedule.coefficients(t, x_t)  # each (B, 1, ...)
-    pred = model(x_t, t.to(device=x_t.device, dtype=x_t.dtype), cond)  # (B, ...)
+    alpha, sigma = schedule.coefficients(t, x_t)  # each (B, 1, ...), or scalars when t is one time for all
+    pred = model(x_t, t.expand(x_t.shape[0]).to(device=x_t.device, dtype=x_t.dtype), cond)  # (B, ...)
     if pred.shape != x_t.shape:
         raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(pred.shape)}")
     kind = prediction_of(model)

@@ -185,8 +185,10 @@ class ExactModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         t = as_time(t.detach().cpu() if torch.is_tensor(t) else t).expand(x.shape[0])  # (B,)
+        if bool((t == t[0]).all()):
+            t = t[:1]  # one time for the whole batch: compute the schedule once
         x64 = x.detach().cpu().to(torch.float64)  # (B, D)
-        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)  # (B,) each
+        alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)  # (B,) or (1,) each
         x0 = self.mixture.denoise(x64, alpha, sigma, component=None if cond is None else cond.cpu())
         out = convert(x0, "x0", self.prediction, x64, alpha[:, None], sigma[:, None])
         return out.to(device=x.device, dtype=x.dtype)
