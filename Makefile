@@ -1,0 +1,36 @@
+# The two commands of the README:  `make book` builds the book into _build/html;  `make test` runs every test.
+# Both create .venv and install what they need on first use (the torch already in .venv is never replaced).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch: the pinned CPU build when available (a local wheel on our CI machines), else the platform's default.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install book test student benchmark clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -c "import torch, diffedu; print('torch', torch.__version__, '| diffedu', diffedu.__version__)"
+	touch $@
+
+install: $(VENV)/.installed
+
+book: install
+	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
+
+test: install
+	DIFFEDU_STATIC=1 $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-sanitize-with tests/sanitize.cfg \
+		tests chapters $(PYTEST_ARGS)
+
+student: install
+	$(PY) -m diffedu.exercises chapters student
+
+benchmark: install
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf _build student

@@ -1,0 +1,117 @@
+"""Recipes: the commands that make every shipped checkpoint.
+
+Each recipe trains a model from a fixed seed, measures it, and registers it in data/checkpoints/ with its
+manifest entry (config, seed, steps, wall time, machine, metric, sha256). Run one with
+
+    python -m diffedu.recipes ddpm_digits            # the shipped configuration
+    python -m diffedu.recipes ddpm_digits --steps 200 --out /tmp/ckpt   # a quick smoke run elsewhere
+
+Chapters load the result with ``diffedu.pretrained.load_pretrained(name)``; the cell that would retrain it is
+one flag away (``DIFFEDU_FULL=1`` or ``retrain = True``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .data import DIGITS_LEVELS, load_digits
+from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
+from .metrics import digits_classifier, frechet_distance
+from .nets import UNet
+from .pretrained import register_checkpoint
+from .schedules import linear_schedule
+from .train import train
+from .utils import pick_device, seed_everything
+
+
+@dataclass
+class DigitsDDPMConfig:
+    """The ddpm_digits recipe: Ho et al.'s linear 1000-step chain on sklearn's 8x8 digits, eps-prediction."""
+
+    steps: int = 12_000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2)
+    dropout: float = 0.1
+    N: int = 1000
+    seed: int = 0
+    eval_samples: int = 200
+
+
+def digits_unet(cfg: DigitsDDPMConfig) -> UNet:
+    """The network of the digits recipes: a two-level UNet with attention at 4x4."""
+    return UNet(in_channels=1, base_channels=cfg.base_channels, channel_mults=cfg.channel_mults,
+                dropout=cfg.dropout, prediction="eps")
+
+
+@torch.no_grad()
+def evaluate_digits_model(model: torch.nn.Module, num_samples: int, seed: int = 0,
+                          device: torch.device | str | None = None) -> dict[str, float]:
+    """Pixel FD of DDPM samples against the held-out digits, the classifier's view of them, and test bits/dim."""
+    device = pick_device() if device is None else torch.device(device)
+    schedule = linear_schedule()
+    g = torch.Generator(device=device).manual_seed(seed)
+    x_T = torch.randn(num_samples, 1, 8, 8, generator=g, device=device)
+    samples = ddpm_sample(model, x_T, schedule, clip_x0=True, generator=g, progress=False).cpu()
+    test, train_split = load_digits(split="test"), load_digits(split="train")
+    flat = lambda x: x.reshape(len(x), -1)
+    bpd = elbo_terms(model, test.x.to(device), schedule, num_bins=DIGITS_LEVELS, num_terms=100, generator=g)["bpd"]
+    reader = digits_classifier().summary(samples)
+    return {"pixel_fd": frechet_distance(flat(samples), flat(test.x)),
+            "pixel_fd_train_vs_test": frechet_distance(flat(train_split.x), flat(test.x)),
+            "test_bpd": float(bpd.mean()), **reader}
+
+
+def ddpm_digits(cfg: DigitsDDPMConfig, out: str | None = None, device: str | None = None,
+                name: str = "ddpm_digits") -> dict:
+    """Train, measure and register the chapter 1 digits DDPM."""
+    seed_everything(cfg.seed)
+    device = pick_device(device)
+    data = load_digits(size=8, split="train")
+    schedule = linear_schedule(N=cfg.N)
+    model = digits_unet(cfg)
+    result = train(model, lambda m, x, g: ddpm_loss(m, x, schedule, generator=g), data.x, steps=cfg.steps,
+                   batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
+                   grad_clip=cfg.grad_clip, device=device, seed=cfg.seed, progress=True, log_every=1000)
+    start = time.perf_counter()
+    metrics = evaluate_digits_model(result.ema_model, cfg.eval_samples, seed=cfg.seed, device=device)
+    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
+    command = f"python -m diffedu.recipes {name}" + ("" if cfg.steps == DigitsDDPMConfig.steps
+                                                     else f" --steps {cfg.steps}")
+    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), "schedule": "linear(N=1000)",
+                    "loss": "ddpm_loss eps (Ho et al. eq. 14)", "data": "sklearn digits 8x8, train split",
+                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
+                    "eval": metrics}
+    return register_checkpoint(name, result.ema_model, recipe="diffedu.recipes.ddpm_digits", command=command,
+                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
+                               wall_time_s=result.wall_time_s, metric=("pixel_fd", round(metrics["pixel_fd"], 3)),
+                               directory=out)
+
+
+RECIPES = {"ddpm_digits": (ddpm_digits, DigitsDDPMConfig)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train and register a shipped diffedu checkpoint.")
+    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--out", default=None, help="checkpoint directory (default: data/checkpoints)")
+    args = parser.parse_args(argv)
+    fn, config_cls = RECIPES[args.name]
+    cfg = config_cls() if args.steps is None else config_cls(steps=args.steps)
+    entry = fn(cfg, out=args.out, device=args.device, name=args.name)
+    print(f"registered {args.name}: {entry['file']} ({entry['size_bytes'] / 1e6:.2f} MB), "
+          f"{entry['metric']}, sha256 {entry['sha256'][:12]}")
+
+
+if __name__ == "__main__":
+    main()
