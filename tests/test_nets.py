@@ -318,6 +318,23 @@ def test_bad_embedding_arguments_raise() -> None:
         sinusoidal_embedding(torch.tensor([float("nan")]), 8)
 
 
+# ------------------------------------------------------------------------------------------------------ dtypes --
+
+
+@pytest.mark.parametrize("net, x", [(MLPDenoiser(hidden=32, time_dim=16, num_classes=3), torch.randn(4, 2)),
+                                    (UNet(base_channels=8, groups=4, num_classes=3), torch.randn(4, 1, 8, 8))],
+                         ids=["mlp", "unet"])
+def test_float64_and_cpu_bfloat16_autocast(net: torch.nn.Module, x: torch.Tensor) -> None:
+    net = randomise(net).eval()
+    t, cond = torch.rand(4), torch.tensor([0, 1, 2, 3])
+    out64 = net.double()(x.double(), t, cond)  # float32 t with float64 weights is fine
+    assert out64.dtype == torch.float64
+    net = net.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16 = net(x, t, cond)
+    assert out16.shape == x.shape and torch.isfinite(out16.float()).all()
+
+
 # ---------------------------------------------------------------------------------------------------------- GPU --
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
