@@ -55,3 +55,15 @@ def setup(seed: int = 0, device: str | None = None) -> Setup:
 
     viz.set_style()
     return Setup(device=pick_device(device), full=full_mode(), seed=seed)
+
+
+def show_source(obj) -> "IPython.display.Markdown":
+    """Display the library's real source of ``obj`` (a function or class) as a highlighted code block.
+
+    The book prints the code that runs, never a second copy of it.
+    """
+    import inspect
+
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```")
