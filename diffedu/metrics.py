@@ -56,7 +56,7 @@ def energy_distance(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
 
 
 class DigitsClassifier:
-    """Multinomial logistic regression on 8x8 digits in [-1, 1] (about 96 % accurate on the held-out split)."""
+    """Multinomial logistic regression on 8x8 digits in [-1, 1] (about 97 % accurate on the held-out split)."""
 
     def __init__(self, seed: int = 0):
         from sklearn.linear_model import LogisticRegression
@@ -64,7 +64,7 @@ class DigitsClassifier:
         from .data import load_digits
 
         train = load_digits(size=8, split="train", seed=seed)
-        self.model = LogisticRegression(C=0.1, max_iter=2000)
+        self.model = LogisticRegression(C=1.0, max_iter=3000)
         self.model.fit(train.x.reshape(len(train), -1).numpy(), train.y.numpy())
 
     def _features(self, x: Tensor | np.ndarray) -> np.ndarray:

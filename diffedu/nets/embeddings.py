@@ -18,10 +18,9 @@ from torch.nn import functional as F
 
 from ..checks import check_batch_time, check_finite, check_int, check_scalar, check_time
 
-#: What a network can be trained to predict from x_t = alpha(t) x0 + sigma(t) eps: the noise eps (Ho et al., 2020),
-#: the clean data x0, the velocity v = alpha(t) eps - sigma(t) x0 (Salimans & Ho, 2022), or the score
-#: grad log p_t(x_t) (Song & Ermon, 2019). Samplers convert any of them into the others.
-PREDICTIONS = ("eps", "x0", "v", "score")
+# What a network can be trained to predict (eps, x0, v or the score) is defined once, in diffedu.predictions,
+# next to the converter that turns any of them into the others.
+from ..predictions import PREDICTIONS  # noqa: E402
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
