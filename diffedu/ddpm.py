@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_finite, check_int, check_same_shape
-from .predictions import PREDICTIONS, predict_x0_eps, prediction_of, targets
+from .predictions import predict_x0_eps, prediction_of, targets
 from .schedules import DiscreteSchedule, broadcast_to
 
 Tensor = torch.Tensor
@@ -203,11 +203,12 @@ def elbo_terms(model: Callable, x0: Tensor, schedule: DiscreteSchedule, num_bins
         scale = 1.0
     else:
         num_terms = check_int("num_terms", num_terms, 1)
-        index_sets = [torch.randint(2, N + 1, (B,), generator=generator) for _ in range(num_terms)]
+        index_sets = [torch.randint(2, N + 1, (B,), generator=generator, device=x0.device).cpu()
+                      for _ in range(num_terms)]
         scale = (N - 1) / num_terms
     diffusion = torch.zeros(B, dtype=torch.float64, device=x0.device)
     for i in index_sets:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_i, _ = q_sample(schedule, x0, i, noise=noise)
         true_mean, true_var = q_posterior(schedule, x0, x_i, i)
         model_mean, _ = p_mean(model, x_i, i, schedule, cond)
@@ -217,7 +218,7 @@ def elbo_terms(model: Callable, x0: Tensor, schedule: DiscreteSchedule, num_bins
     diffusion *= scale
 
     one = torch.ones(B, dtype=torch.long)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_1, _ = q_sample(schedule, x0, one, noise=noise)
     decoder_mean, _ = p_mean(model, x_1, one, schedule, cond)
     decoder_std = float(schedule.posterior_variance(torch.tensor([2]))[0]) ** 0.5

@@ -99,7 +99,7 @@ def load_pretrained(name: str, device: torch.device | str | None = None, verify:
         builder = build_net
     model = builder(config)
     model.load_state_dict(state)
-    return model.to(pick_device() if device is None else torch.device(device)).eval()
+    return model.to(pick_device(device)).eval()
 
 
 def machine_description(model: nn.Module) -> dict:

@@ -56,7 +56,7 @@ def digits_unet(cfg: DigitsDDPMConfig) -> UNet:
 def evaluate_digits_model(model: torch.nn.Module, num_samples: int, seed: int = 0,
                           device: torch.device | str | None = None) -> dict[str, float]:
     """Pixel FD of DDPM samples against the held-out digits, the classifier's view of them, and test bits/dim."""
-    device = pick_device() if device is None else torch.device(device)
+    device = pick_device(device)
     schedule = linear_schedule()
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = torch.randn(num_samples, 1, 8, 8, generator=g, device=device)

@@ -146,7 +146,7 @@ def train(
     if log_every is not None:
         check_int("log_every", log_every, 1)
 
-    device = pick_device() if device is None else torch.device(device)
+    device = pick_device(device)
     seed_everything(seed)  # torch's global generator drives dropout and similar layers
     model.to(device).train()
     tensors = tuple(t.to(device) for t in tensors)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 
-def pick_device(prefer: str | None = None) -> torch.device:
+def pick_device(prefer: str | torch.device | None = None) -> torch.device:
     """The device every chapter uses: ``prefer`` if given, else CUDA, then Apple's MPS, then the CPU."""
     if prefer is not None:
         return torch.device(prefer)
