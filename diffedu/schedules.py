@@ -15,7 +15,8 @@ Two families live here:
   Between grid points log(alpha_bar) is interpolated linearly, so a continuous-time sampler can use it too.
   ``linear_schedule`` (Ho et al. 2020) and ``cosine_schedule`` (Nichol & Dhariwal 2021, eq. 17) build one.
 * ``VPLinear`` and ``VPCosine``: the continuous-time VP view (Song et al. 2021, eq. 11 and 29), with
-  beta(t) linear from beta_min = 0.1 to beta_max = 20, or the cosine alpha_bar(t) without discretisation.
+  beta(t) linear from beta_min = 0.1 to beta_max = 20, or the cosine alpha_bar(t) without discretisation;
+  ``SubVP`` (Song et al. 2021, eq. 16) and the variance-exploding ``VE`` of NCSN (alpha = 1, geometric sigma).
 """
 
 from __future__ import annotations
@@ -239,3 +240,63 @@ class VPCosine(NoiseSchedule):
 
     def sigma(self, t: Tensor | float) -> Tensor:
         return torch.sqrt(torch.clamp(1 - cosine_alpha_bar(as_time(t), self.s), min=0.0))
+
+
+class SubVP(NoiseSchedule):
+    """The sub-VP process of Song et al. (2021, eq. 16): VP's mean, but a variance that stays below VP's.
+
+    alpha(t) is VPLinear's, and sigma(t) = 1 - alpha(t)^2 (so sigma^2 = (1 - e^{-int beta})^2 <= 1 - alpha^2).
+    """
+
+    variance_preserving = False
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        self.vp = VPLinear(beta_min, beta_max)
+        self.beta_min, self.beta_max = self.vp.beta_min, self.vp.beta_max
+
+    def __repr__(self) -> str:
+        return f"SubVP(beta_min={self.beta_min}, beta_max={self.beta_max})"
+
+    def beta(self, t: Tensor | float) -> Tensor:
+        return self.vp.beta(t)
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return self.vp.alpha(t)
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        return -torch.expm1(2 * self.vp.log_alpha(t))  # 1 - alpha^2, accurate near t = 0
+
+
+class VE(NoiseSchedule):
+    """The variance-exploding process of NCSN (Song & Ermon 2019) in continuous time (Song et al. 2021, eq. 9).
+
+    alpha(t) = 1 and sigma(t) = sigma_min (sigma_max / sigma_min)^t: a geometric sequence of noise levels, so
+    log sigma is linear in t. Note sigma(0) = sigma_min > 0 (the data are never seen noise-free), and sigma_max
+    should be about the largest distance between two training points (Song & Ermon 2020, technique 1).
+    """
+
+    variance_preserving = False
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        self.sigma_min = check_scalar("sigma_min", sigma_min, 0.0, math.inf, low_inclusive=False)
+        self.sigma_max = check_scalar("sigma_max", sigma_max, self.sigma_min, math.inf, low_inclusive=False)
+
+    def __repr__(self) -> str:
+        return f"VE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        return torch.ones_like(as_time(t))
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** as_time(t)
+
+    def time_of_sigma(self, sigma: Tensor | float) -> Tensor:
+        """The inverse of sigma(t): t = log(sigma / sigma_min) / log(sigma_max / sigma_min), sigma in range."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        check_finite("sigma", sigma)
+        if sigma.numel() and (float(sigma.min()) < self.sigma_min * (1 - 1e-12)
+                              or float(sigma.max()) > self.sigma_max * (1 + 1e-12)):
+            raise ValueError(f"sigma must lie in [{self.sigma_min}, {self.sigma_max}] (the schedule's range), got "
+                             f"values in [{float(sigma.min()):.4g}, {float(sigma.max()):.4g}]")
+        t = torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        return t.clamp(0.0, 1.0)

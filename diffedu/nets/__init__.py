@@ -11,10 +11,11 @@ from torch import nn
 
 from .embeddings import PREDICTIONS, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
 from .mlp import MLPDenoiser
+from .precond import InputScaled
 from .unet import UNet
 
 #: Network classes by name, as written in ``config["name"]``.
-NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet}
+NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
@@ -35,4 +36,4 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 
 
 __all__ = ["PREDICTIONS", "NETS", "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
-           "build_net"]
+           "InputScaled", "build_net"]
