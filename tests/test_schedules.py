@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from diffedu.predictions import PREDICTIONS, convert, predict_x0_eps, targets, to_eps, to_x0
-from diffedu.schedules import (DiscreteSchedule, VPCosine, VPLinear, cosine_alpha_bar, cosine_schedule,
-                               linear_schedule)
+from diffedu.schedules import (VE, DiscreteSchedule, SubVP, VPCosine, VPLinear, cosine_alpha_bar,
+                               cosine_schedule, linear_schedule)
 
 
 def test_linear_schedule_matches_ho_et_al():
@@ -140,6 +140,31 @@ def test_predict_x0_eps_uses_the_declared_prediction():
         assert torch.allclose(x0_hat, x0, atol=1e-10) and torch.allclose(eps_hat, eps, atol=1e-10)
 
 
+def test_ve_is_geometric_and_inverts():
+    sch = VE(sigma_min=0.01, sigma_max=50.0)
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert torch.equal(sch.alpha(t), torch.ones_like(t)) and not sch.variance_preserving
+    assert sch.sigma(0.0).item() == pytest.approx(0.01, rel=1e-14)
+    assert sch.sigma(1.0).item() == pytest.approx(50.0, rel=1e-14)
+    ratios = sch.sigma(t[1:]) / sch.sigma(t[:-1])  # a geometric ladder: constant ratio (50 / 0.01)^(1/10)
+    assert torch.allclose(ratios, torch.full_like(ratios, 5000.0 ** 0.1), rtol=1e-12)
+    assert torch.allclose(sch.time_of_sigma(sch.sigma(t)), t, atol=1e-12)
+    # log-SNR falls linearly in t: lambda(t) = -2 log sigma(t)
+    lam = sch.log_snr(t)
+    assert torch.allclose(lam.diff(), torch.full((10,), -0.2 * math.log(5000.0), dtype=torch.float64), atol=1e-10)
+
+
+def test_sub_vp_variance_formula():
+    """Song et al. (2021, eq. 29): sub-VP keeps VP's mean and has variance (1 - exp(-int_0^t beta))^2."""
+    sub, vp = SubVP(0.1, 20.0), VPLinear(0.1, 20.0)
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    integral = 0.1 * t + 0.5 * t ** 2 * (20.0 - 0.1)  # int_0^t beta(s) ds, by hand
+    assert torch.allclose(sub.alpha(t), torch.exp(-0.5 * integral), rtol=1e-12)
+    assert torch.allclose(sub.sigma(t) ** 2, (1 - torch.exp(-integral)) ** 2, rtol=1e-10, atol=1e-300)
+    assert bool((sub.sigma(t[1:]) ** 2 <= vp.sigma(t[1:]) ** 2).all())  # below VP's variance
+    assert sub.sigma(1e-6).item() == pytest.approx(1e-6 * 0.1, rel=1e-4)  # ~ int beta near 0, no cancellation
+
+
 def test_schedule_bad_input():
     with pytest.raises(ValueError, match="betas"):
         DiscreteSchedule(torch.tensor([0.1, 1.5]))
@@ -169,5 +194,13 @@ def test_schedule_bad_input():
         linear_schedule(N=10).posterior_variance(torch.tensor([11]))
     with pytest.raises(ValueError, match="indices"):
         linear_schedule(N=10).respace([5, 3])
+    with pytest.raises(ValueError, match="sigma_max"):
+        VE(sigma_min=1.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="sigma_min"):
+        VE(sigma_min=0.0)
+    with pytest.raises(ValueError, match="sigma must lie"):
+        VE(0.01, 10.0).time_of_sigma(20.0)
+    with pytest.raises(ValueError, match="beta_min"):
+        SubVP(beta_min=-1.0)
     with pytest.raises(ValueError, match="kind"):
         to_x0(torch.zeros(1), "noise", torch.zeros(1), torch.ones(1), torch.ones(1))
