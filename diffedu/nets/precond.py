@@ -21,7 +21,7 @@ from ..checks import check_scalar
 
 
 class InputScaled(nn.Module):
-    """``net(x, t, cond)`` = ``inner(c_in(sigma(t)) * x, t, cond)`` for the VE schedule sigma(t) = s_min (s_max/s_min)^t.
+    """``net(x, t, cond) = inner(c_in(sigma(t)) * x, t, cond)`` with the VE sigma(t) = s_min (s_max / s_min)^t.
 
     ``inner`` is any network (given as its ``config``, so the pair rebuilds from JSON); the prediction type is
     the inner network's. ``sigma_min`` and ``sigma_max`` must be the ``VE`` schedule the model is trained with.
