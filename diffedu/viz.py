@@ -485,3 +485,114 @@ def _deterministic_ids(html: str) -> str:
     random_id = match.group(1)
     stable_id = hashlib.sha1(html.replace(random_id, "").encode()).hexdigest()[:32]
     return html.replace(random_id, stable_id)
+
+
+# ------------------------------------------------------------------------------- score matching (chapter 2)
+
+
+def compare_score_fields(
+    fields: Mapping[str, Callable[[torch.Tensor], ArrayLike]],
+    lim: Limits,
+    n: int = 17,
+    ncols: int | None = None,
+    log_density: Callable[[torch.Tensor], ArrayLike] | Mapping[str, Callable[[torch.Tensor], ArrayLike]] | None = None,
+    points: ArrayLike | None = None,
+    title: str | None = None,
+    panel_size: float = 2.6,
+    dtype: torch.dtype = torch.float32,
+    cmap: str = "viridis",
+) -> Figure:
+    """Vector fields side by side (e.g. a learned score beside the exact one), one panel per ``name -> fn``.
+
+    Like :func:`score_field`, every arrow has the same length and its colour shows log10 of its true length, but
+    here on one colour scale shared by all panels (one colour bar), so equal colours mean equal magnitudes.
+    ``log_density`` (one function for all panels, or one per panel name) is drawn behind the arrows as grey
+    filled contours (darker = more probable; e.g. the noised data's log-density), ``points`` as a light scatter.
+    Panels wrap after ``ncols`` (default: all in one row). Returns the Figure.
+    """
+    if not fields:
+        raise ValueError("fields must name at least one vector field")
+    (x0, x1), (y0, y1) = _limits(lim)
+    xs, ys = np.linspace(x0, x1, n), np.linspace(y0, y1, n)
+    gx, gy = np.meshgrid(xs, ys)
+    grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=dtype)
+    with torch.no_grad():
+        vectors = {name: to_numpy(fn(grid)).reshape(-1, 2) for name, fn in fields.items()}
+    norms = {name: np.linalg.norm(v, axis=1) for name, v in vectors.items()}
+    logs = np.concatenate([np.log10(np.maximum(m, 1e-12)) for m in norms.values()])
+    norm = mpl.colors.Normalize(vmin=float(np.quantile(logs, 0.02)), vmax=float(np.quantile(logs, 0.98)))
+
+    k = len(fields)
+    ncols = k if ncols is None else max(1, min(int(ncols), k))
+    nrows = int(np.ceil(k / ncols))
+    size = min(panel_size, (BOOK_WIDTH_IN - 0.8) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + 0.8, size * nrows + (0.45 if title else 0.15)),
+                             squeeze=False, sharex=True, sharey=True)
+    if log_density is not None:
+        fine = 80
+        fx, fy = np.meshgrid(np.linspace(x0, x1, fine), np.linspace(y0, y1, fine))
+        fine_grid = torch.tensor(np.stack([fx.ravel(), fy.ravel()], axis=1), dtype=torch.float64)
+    spacing = (x1 - x0) / max(n - 1, 1)
+    quiver = None
+    for i, (name, v) in enumerate(vectors.items()):
+        ax = axes[i // ncols][i % ncols]
+        density_fn = log_density.get(name) if isinstance(log_density, Mapping) else log_density
+        if density_fn is not None:
+            with torch.no_grad():
+                lp = to_numpy(density_fn(fine_grid)).reshape(fine, fine)
+            lp = np.maximum(lp, lp.max() - 12.0)  # ~12 nats of dynamic range, then flat
+            ax.contourf(fx, fy, lp, levels=10, cmap="Greys", alpha=0.45, zorder=0)
+        if points is not None:
+            pts = to_numpy(points).reshape(-1, 2)
+            ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.3, color=PALETTE[1], linewidths=0, zorder=1)
+        u = v / np.maximum(norms[name], 1e-12)[:, None]
+        quiver = ax.quiver(gx.ravel(), gy.ravel(), u[:, 0], u[:, 1], np.log10(np.maximum(norms[name], 1e-12)),
+                           cmap=cmap, norm=norm, angles="xy", scale_units="xy", scale=1.0 / (0.8 * spacing),
+                           width=0.006, zorder=2)
+        _style_plane(ax, ((x0, x1), (y0, y1)), name)
+        ax.grid(False)
+        if i % ncols:
+            ax.set_ylabel("")
+        if i // ncols < nrows - 1:
+            ax.set_xlabel("")
+    for j in range(k, nrows * ncols):
+        axes[j // ncols][j % ncols].set_axis_off()
+    fig.colorbar(quiver, ax=axes.ravel().tolist(), label=r"$\log_{10}\,\|\mathrm{field}\|$", shrink=0.85)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_weights(
+    fractions: Mapping[str, ArrayLike],
+    ax: Axes | None = None,
+    title: str | None = None,
+    component_labels: Sequence[str] | None = None,
+    ylabel: str = "fraction of samples",
+) -> Axes:
+    """Grouped bars of mixture-component fractions, one group per component and one bar per ``name -> (K,)``
+    (e.g. the true weights, plain Langevin's and annealed Langevin's fractions), each bar labelled with its value."""
+    if not fractions:
+        raise ValueError("fractions must name at least one set of fractions")
+    values = {name: to_numpy(f).ravel() for name, f in fractions.items()}
+    K = {len(v) for v in values.values()}
+    if len(K) != 1:
+        raise ValueError(f"every entry of fractions must have the same number of components, got {sorted(K)}")
+    K = K.pop()
+    labels = list(component_labels) if component_labels is not None else [f"component {k + 1}" for k in range(K)]
+    if len(labels) != K:
+        raise ValueError(f"got {len(labels)} component labels for {K} components")
+    ax = _new_axes(ax, (4.5, 3.0))
+    width = 0.8 / len(values)
+    for j, (name, v) in enumerate(values.items()):
+        pos = np.arange(K) + (j - (len(values) - 1) / 2) * width
+        bars = ax.bar(pos, v, width=width * 0.95, label=name, color=PALETTE[j % len(PALETTE)])
+        ax.bar_label(bars, labels=[f"{x:.2f}" for x in v], fontsize=7, padding=1)
+    ax.set_xticks(np.arange(K), labels)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(float(max(v.max() for v in values.values())) * 1.2, 0.1))
+    ax.grid(axis="x", visible=False)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax

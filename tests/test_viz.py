@@ -202,3 +202,35 @@ def test_static_strip_deterministic():
         return np.asarray(fig.canvas.buffer_rgba()).copy()
 
     assert np.array_equal(pixels(), pixels())
+
+
+def test_compare_score_fields_shares_one_colour_scale():
+    from matplotlib.colors import Normalize  # noqa: F401
+
+    fields = {"exact": lambda x: -x, "learned": lambda x: -2 * x, "third": lambda x: x.flip(1)}
+    fig = viz.compare_score_fields(fields, lim=2.0, n=8, ncols=2, points=torch.randn(50, 2),
+                                   log_density=lambda x: -0.5 * (x ** 2).sum(1), title="fields")
+    plot_axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(fig.axes) == 5  # 2 x 2 panels (one switched off) + one colour bar
+    assert [ax.get_title() for ax in plot_axes[:3]] == ["exact", "learned", "third"]
+    quivers = [c for ax in plot_axes for c in ax.collections if c.__class__.__name__ == "Quiver"]
+    assert len(quivers) == 3 and all(q.N == 64 for q in quivers)
+    assert len({(q.norm.vmin, q.norm.vmax) for q in quivers}) == 1  # one colour scale for all panels
+    # colours encode log10 of the true length: the learned field (twice as long) is log10(2) brighter
+    assert np.allclose(quivers[1].get_array() - quivers[0].get_array(), np.log10(2), atol=1e-6)
+    assert fig.get_suptitle() == "fields"
+    with pytest.raises(ValueError, match="fields"):
+        viz.compare_score_fields({}, lim=1.0)
+
+
+def test_plot_weights_bars_and_labels():
+    ax = viz.plot_weights({"true": torch.tensor([0.6, 0.3, 0.1]), "plain": np.array([0.34, 0.33, 0.33])},
+                          title="weights", component_labels=["a", "b", "c"])
+    assert len(ax.patches) == 6
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert ax.get_title() == "weights" and ax.get_ylabel() == "fraction of samples"
+    assert "0.60" in [t.get_text() for t in ax.texts]
+    with pytest.raises(ValueError, match="same number"):
+        viz.plot_weights({"a": [0.5, 0.5], "b": [1.0]})
+    with pytest.raises(ValueError, match="labels"):
+        viz.plot_weights({"a": [0.5, 0.5]}, component_labels=["x"])
