@@ -1,0 +1,300 @@
+"""Fast samplers against closed forms: exact probability-flow flows, observed orders, identities, bad input.
+
+For Gaussian data N(m, diag(s^2)) the probability-flow ODE is solved exactly: in the sigma view x~ = x / alpha,
+x~(sigma~) = m + sqrt(s^2 + sigma~^2) / sqrt(s^2 + sigma~_0^2) (x~_0 - m) per coordinate, whatever the schedule
+(the flow depends only on the end points' alpha and sigma). Observed orders are log2(err(K) / err(2K)).
+"""
+
+import math
+
+import pytest
+import torch
+
+from diffedu.ddim import ddim_invert, ddim_sample, slerp, spaced_indices
+from diffedu.ddpm import ddpm_sample
+from diffedu.samplers import (discrete_sigmas, dpmpp_2m_sample, euler_sample, heun_sample, karras_sigmas,
+                              plms_sample, sigma_range, sigma_tilde, time_of_sigma)
+from diffedu.schedules import VE, VPCosine, VPLinear, cosine_schedule, linear_schedule
+from diffedu.toy import ExactModel, GaussianMixture, gaussian
+
+F64 = torch.float64
+M = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
+S = torch.tensor([0.3, 1.0, 2.0], dtype=F64)
+GAUSS = gaussian(M, torch.diag(S ** 2))
+MIXTURE = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.5, 1.0], [0.0, -1.5]]), torch.tensor([0.3, 0.5, 0.4]),
+                          torch.tensor([0.2, 0.5, 0.3]))
+SCHED = linear_schedule(1000)
+
+
+def noise(seed, shape=(32, 3)):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def exact_flow(schedule, x_start, t_start, t_end):
+    """The exact PF-ODE map x(t_start) -> x(t_end) for GAUSS, in x-space of ``schedule``."""
+    a0, a1 = float(schedule.alpha(t_start)), float(schedule.alpha(t_end))
+    s0, s1 = float(sigma_tilde(schedule, t_start)), float(sigma_tilde(schedule, t_end))
+    x_tilde = M + torch.sqrt(S ** 2 + s1 ** 2) / torch.sqrt(S ** 2 + s0 ** 2) * (x_start / a0 - M)
+    return a1 * x_tilde
+
+
+def orders(errors):
+    return [math.log2(a / b) for a, b in zip(errors[:-1], errors[1:])]
+
+
+# --- DDIM ----------------------------------------------------------------------------------------------------
+
+def test_ddim_eta0_follows_the_exact_flow_at_first_order():
+    """DDIM eta = 0 is the exponential-Euler step of the PF-ODE: its error against the exact flow is O(1/K)."""
+    model = ExactModel(GAUSS, SCHED)
+    x_T = noise(0)
+    x0_exact = exact_flow(SCHED, x_T, 1.0, 0.0)
+    errors = []
+    for K in (10, 20, 40):
+        x, traj, _ = ddim_sample(model, x_T, SCHED, K, progress=False, return_trajectory=True)
+        errors.append((x - x0_exact).abs().max().item())
+        # every intermediate state is close to the exact flow at its own time, too
+        idx = spaced_indices(SCHED.N, K).tolist() + [0]
+        mid = len(idx) // 2
+        assert (traj[mid] - exact_flow(SCHED, x_T, 1.0, SCHED.times[idx[mid]])).abs().max() < 5 * errors[-1] + 1e-9
+    observed = orders(errors)
+    assert all(0.8 < p < 1.3 for p in observed), (errors, observed)
+
+
+def test_ddim_eta1_is_ddpm_ancestral_with_beta_tilde():
+    """eta = 1 gives sigma^2 = beta_tilde of the jump: the same chain as ddpm_sample, noise for noise."""
+    model = ExactModel(MIXTURE, SCHED)
+    x_T = noise(1, (16, 2))
+    for K in (25, 7):
+        a = ddim_sample(model, x_T, SCHED, K, eta=1.0, spacing="trailing", progress=False,
+                        generator=torch.Generator().manual_seed(3))
+        b = ddpm_sample(model, x_T, SCHED, steps=K, variance="beta_tilde", progress=False,
+                        generator=torch.Generator().manual_seed(3))
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_ddim_inversion_then_regeneration_reconstructs_x0():
+    """Encode with ddim_invert, decode with ddim_sample: the round-trip error falls like 1/K."""
+    model = ExactModel(GAUSS, SCHED)
+    x0 = GAUSS.sample(64, torch.Generator().manual_seed(2))[0]
+    errors = []
+    for K in (10, 20, 40):
+        x_T = ddim_invert(model, x0, SCHED, K, progress=False)
+        errors.append((ddim_sample(model, x_T, SCHED, K, progress=False) - x0).abs().max().item())
+    observed = orders(errors)
+    assert all(0.7 < p < 1.3 for p in observed), (errors, observed)
+    # the mixture: the mean error falls too (points near the components' boundaries converge late)
+    model = ExactModel(MIXTURE, SCHED)
+    x0 = MIXTURE.sample(64, torch.Generator().manual_seed(2))[0]
+    err = [(ddim_sample(model, ddim_invert(model, x0, SCHED, K, progress=False), SCHED, K, progress=False)
+            - x0).abs().mean().item() for K in (10, 40)]
+    assert err[1] < 0.5 * err[0], err
+    # the encoding is approximately Gaussian noise
+    x_T = ddim_invert(ExactModel(MIXTURE, SCHED), MIXTURE.sample(4000, torch.Generator().manual_seed(5))[0], SCHED,
+                      50, progress=False)
+    assert x_T.mean(0).abs().max() < 0.1 and (x_T.std(0) - 1).abs().max() < 0.1
+
+
+def test_ddim_eta0_is_euler_and_first_order_dpm_solver_on_the_same_grid():
+    """Karras et al. Sec. 3: DDIM is Euler's method in (x~, sigma~); it is also first-order DPM-Solver++."""
+    model = ExactModel(MIXTURE, SCHED)
+    x_T = noise(4, (8, 2))
+    K = 12
+    sig = discrete_sigmas(SCHED, spaced_indices(SCHED.N, K, "leading"))
+    a = ddim_sample(model, x_T, SCHED, K, spacing="leading", progress=False)
+    b = euler_sample(model, x_T, SCHED, K, sigmas=sig, progress=False)
+    c = plms_sample(model, x_T, SCHED, 1, progress=False)
+    d = ddim_sample(model, x_T, SCHED, 1, progress=False)
+    assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(c, d, rtol=1e-12, atol=1e-12)
+    # a 2-step DPM-Solver++ to sigma = 0 is all first order: DDIM again
+    sig2 = discrete_sigmas(SCHED, spaced_indices(SCHED.N, 2))
+    assert torch.allclose(dpmpp_2m_sample(model, x_T, SCHED, 2, sigmas=sig2, progress=False),
+                          ddim_sample(model, x_T, SCHED, 2, progress=False), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["x0", "v", "score"])
+def test_prediction_type_does_not_change_the_sampler(kind):
+    x_T = noise(5, (8, 2))
+    eps_model, other = ExactModel(MIXTURE, SCHED, "eps"), ExactModel(MIXTURE, SCHED, kind)
+    for run in (lambda m: ddim_sample(m, x_T, SCHED, 10, eta=0.5, generator=torch.Generator().manual_seed(0),
+                                      progress=False),
+                lambda m: dpmpp_2m_sample(m, x_T, SCHED, 10, progress=False),
+                lambda m: plms_sample(m, x_T, SCHED, 10, progress=False)):
+        assert torch.allclose(run(eps_model), run(other), rtol=1e-8, atol=1e-8)
+
+
+def test_spaced_indices():
+    assert spaced_indices(1000, 10, "leading").tolist() == list(range(901, 0, -100))
+    assert spaced_indices(1000, 10, "leading", 1).tolist() == list(range(902, 1, -100))
+    assert spaced_indices(1000, 10, "trailing").tolist() == list(range(1000, 0, -100))
+    lin = spaced_indices(1000, 10, "linspace")
+    assert lin[0] == 1000 and lin[-1] == 1
+    # trailing = the respacing ddpm_sample uses
+    for K in (3, 7, 64):
+        assert spaced_indices(1000, K).flip(0).tolist() == \
+            torch.round(torch.arange(1, K + 1, dtype=F64) * 1000 / K).long().tolist()
+
+
+def test_slerp():
+    z0, z1 = noise(6, (5, 64)), noise(7, (5, 64))
+    assert torch.allclose(slerp(z0, z1, 0.0), z0) and torch.allclose(slerp(z0, z1, 1.0), z1)
+    # orthogonal unit vectors stay on the unit circle: (cos, sin) of a * pi / 2
+    e0, e1 = torch.tensor([[1.0, 0.0]], dtype=F64), torch.tensor([[0.0, 1.0]], dtype=F64)
+    mid = slerp(e0, e1, 0.5)
+    assert torch.allclose(mid, torch.tensor([[math.sqrt(0.5), math.sqrt(0.5)]], dtype=F64))
+    # Gaussian noise keeps its norm ~ sqrt(D) along the path; the straight line loses ~ 1/sqrt(2) mid-way
+    norms = slerp(z0, z1, torch.full((5,), 0.5, dtype=F64)).norm(dim=1) / 8
+    assert ((norms - 1).abs() < 0.2).all() and ((0.5 * (z0 + z1)).norm(dim=1) / 8 < 0.85).all()
+    assert torch.allclose(slerp(z0, z0, 0.3), z0)  # parallel: no division by sin(0)
+
+
+# --- Karras sigma view: Euler, Heun, DPM-Solver++(2M) ---------------------------------------------------------
+
+def test_karras_sigmas():
+    s = karras_sigmas(10, 0.002, 80.0)
+    assert s.shape == (11,) and s[0].item() == pytest.approx(80.0) and s[-2].item() == pytest.approx(0.002)
+    assert s[-1] == 0 and bool((s.diff() < 0).all())
+    assert torch.allclose(karras_sigmas(5, 1.0, 5.0, rho=1.0, append_zero=False),
+                          torch.linspace(5, 1, 5, dtype=F64))
+    # rho = 7 puts more steps at small sigma than a uniform grid (rho = 1) does
+    assert (s[:-1] < 1.0).sum() > (karras_sigmas(10, 0.002, 80.0, rho=1.0)[:-1] < 1.0).sum()
+
+
+@pytest.mark.parametrize("schedule", [SCHED, cosine_schedule(200), VPLinear(), VE(0.01, 50.0), VPCosine()])
+def test_time_of_sigma_inverts_sigma_tilde(schedule):
+    t = torch.tensor([0.002, 0.1, 0.5, 0.93], dtype=F64)
+    assert torch.allclose(time_of_sigma(schedule, sigma_tilde(schedule, t)), t, atol=1e-12)
+    with pytest.raises(ValueError, match="sigma"):
+        time_of_sigma(schedule, torch.tensor([1e20 if isinstance(schedule, VPCosine) else 1e9], dtype=F64))
+    with pytest.raises(ValueError, match="sigma"):
+        time_of_sigma(schedule, torch.tensor([0.0], dtype=F64))
+
+
+def gaussian_run(sampler, schedule, K, x_T, **kw):
+    smin, smax = sigma_range(schedule)
+    sig = karras_sigmas(K, smin, smax, append_zero=False)  # end at sigma_min: the exact flow is known there
+    x = sampler(ExactModel(GAUSS, schedule), x_T, schedule, K - 1, sigmas=sig, progress=False, **kw)
+    t0, t1 = time_of_sigma(schedule, sig[0]), time_of_sigma(schedule, sig[-1])
+    return (x - exact_flow(schedule, x_T, t0, t1)).abs().max().item()
+
+
+@pytest.mark.parametrize("sampler,lo,hi,kw", [(euler_sample, 0.8, 1.3, {}), (heun_sample, 1.7, 2.6, {}),
+                                              (dpmpp_2m_sample, 1.6, 2.6, {"lower_order_final": False})],
+                         ids=["euler", "heun", "dpmpp_2m"])
+@pytest.mark.parametrize("schedule", [VPLinear(), VE(0.01, 50.0)], ids=["vp", "ve"])
+def test_observed_order_on_the_exact_gaussian_flow(sampler, lo, hi, kw, schedule):
+    scale = 1.0 if schedule.variance_preserving else 50.0  # x_T at t = 1: N(0, I) for VP, N(0, sigma_max^2) VE
+    x_T = scale * noise(8)
+    errors = [gaussian_run(sampler, schedule, K, x_T, **kw) for K in (11, 21, 41)]  # 10, 20, 40 steps
+    observed = orders(errors)
+    assert all(lo < p < hi for p in observed), (errors, observed)
+
+
+@pytest.mark.parametrize("sampler,lo,hi", [(heun_sample, 1.6, 2.8), (dpmpp_2m_sample, 1.5, 2.8)],
+                         ids=["heun", "dpmpp_2m"])
+def test_observed_order_on_a_mixture_by_self_convergence(sampler, lo, hi):
+    """No closed form for the mixture's flow: the differences |x_K - x_2K| fall like K^-p."""
+    sch = VPLinear()
+    smin, smax = sigma_range(sch, t_min=0.05)
+    x_T = noise(9, (16, 2))
+    wide = GaussianMixture(MIXTURE.means, torch.tensor([0.6, 0.8, 0.7]), MIXTURE.weights)
+    xs = [sampler(ExactModel(wide, sch), x_T, sch, K, sigmas=karras_sigmas(K + 1, smin, smax, append_zero=False),
+                  progress=False) for K in (12, 24, 48)]
+    diffs = [(a - b).abs().max().item() for a, b in zip(xs[:-1], xs[1:])]
+    observed = orders(diffs)
+    assert all(lo < p < hi for p in observed), (diffs, observed)
+
+
+def test_few_step_samplers_reach_the_mixture():
+    """With 20 steps the ODE samplers' outputs sit on the modes with the right frequencies (a loose check)."""
+    x_T = noise(10, (1000, 2))
+    for run in (lambda m: euler_sample(m, x_T, SCHED, 30, progress=False),
+                lambda m: heun_sample(m, x_T, SCHED, 20, progress=False),
+                lambda m: dpmpp_2m_sample(m, x_T, SCHED, 20, progress=False),
+                lambda m: plms_sample(m, x_T, SCHED, 20, progress=False),
+                lambda m: ddim_sample(m, x_T, SCHED, 30, progress=False)):
+        x = run(ExactModel(MIXTURE, SCHED))
+        nearest = torch.cdist(x, MIXTURE.means).argmin(1)
+        freq = torch.bincount(nearest, minlength=3).double() / len(x)
+        assert torch.allclose(freq, MIXTURE.weights, atol=0.05), freq
+
+
+# --- NFE, dtype, reproducibility ------------------------------------------------------------------------------
+
+class Counting(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.prediction, self.calls = inner, inner.prediction, 0
+
+    def forward(self, x, t, cond=None):
+        self.calls += 1
+        return self.inner(x, t, cond)
+
+
+@pytest.mark.parametrize("K", [1, 2, 5])
+def test_network_evaluation_counts(K):
+    x_T = noise(11, (4, 2))
+    cases = [(lambda m: ddim_sample(m, x_T, SCHED, K, progress=False), K),
+             (lambda m: ddim_invert(m, x_T, SCHED, K, progress=False), K),
+             (lambda m: euler_sample(m, x_T, SCHED, K, progress=False), K),
+             (lambda m: heun_sample(m, x_T, SCHED, K, progress=False), 2 * K - 1),
+             (lambda m: dpmpp_2m_sample(m, x_T, SCHED, K, progress=False), K),
+             (lambda m: plms_sample(m, x_T, SCHED, K, progress=False), K + 1 if K > 1 else 1)]
+    if K >= 4:
+        cases.append((lambda m: plms_sample(m, x_T, SCHED, K, warmup="prk", progress=False), K + 9))
+    sig = karras_sigmas(K, *sigma_range(SCHED), append_zero=False)
+    cases.append((lambda m: heun_sample(m, x_T, SCHED, K - 1, sigmas=sig, progress=False), 2 * (K - 1))) \
+        if K > 1 else None
+    for run, nfe in cases:
+        m = Counting(ExactModel(MIXTURE, SCHED))
+        run(m)
+        assert m.calls == nfe
+
+
+def test_dtype_trajectory_and_reproducibility():
+    x_T = noise(12, (6, 2)).float()
+    model = ExactModel(MIXTURE, SCHED)
+    for run in (lambda g: ddim_sample(model, x_T, SCHED, 8, eta=0.7, generator=g, progress=False,
+                                      return_trajectory=True),
+                lambda g: dpmpp_2m_sample(model, x_T, SCHED, 8, generator=g, progress=False, return_trajectory=True),
+                lambda g: plms_sample(model, x_T, SCHED, 8, generator=g, progress=False, return_trajectory=True),
+                lambda g: heun_sample(model, x_T, SCHED, 8, generator=g, progress=False, return_trajectory=True)):
+        x, traj, x0s = run(torch.Generator().manual_seed(0))
+        x2 = run(torch.Generator().manual_seed(0))[0]
+        assert x.dtype == torch.float32 and torch.equal(x, x2)
+        assert len(traj) == 9 and len(x0s) == 8 and torch.equal(traj[0], x_T) and torch.equal(traj[-1], x)
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+def test_bad_input_raises_clear_errors():
+    model, x_T = ExactModel(MIXTURE, SCHED), noise(13, (4, 2))
+    bad = [
+        (lambda: ddim_sample(model, x_T, SCHED, 0), "steps"),
+        (lambda: ddim_sample(model, x_T, SCHED, 1001), "steps"),
+        (lambda: ddim_sample(model, x_T, SCHED, 2.5), "steps"),
+        (lambda: ddim_sample(model, x_T, SCHED, 10, eta=-0.1), "eta"),
+        (lambda: ddim_sample(model, x_T, SCHED, 10, eta=float("nan")), "eta"),
+        (lambda: ddim_sample(model, x_T, SCHED, 10, eta=1.5), "eta"),
+        (lambda: ddim_sample(model, x_T, SCHED, 10, spacing="uniform"), "spacing"),
+        (lambda: ddim_sample(model, x_T, SCHED, 10, spacing="leading", steps_offset=200), "steps_offset"),
+        (lambda: ddim_sample(model, x_T, VPLinear(), 10), "DiscreteSchedule"),
+        (lambda: ddim_sample(model, x_T * float("nan"), SCHED, 10), "x_T"),
+        (lambda: ddim_invert(model, x_T, SCHED, 10, spacing="bogus"), "spacing"),
+        (lambda: plms_sample(model, x_T, SCHED, 3, warmup="prk"), "steps"),
+        (lambda: plms_sample(model, x_T, SCHED, 10, warmup="rk4"), "warmup"),
+        (lambda: euler_sample(model, x_T, SCHED, 0), "steps"),
+        (lambda: euler_sample(model, x_T, SCHED, 3, sigmas=torch.tensor([3.0, 1.0, 0.0])), "sigmas"),
+        (lambda: heun_sample(model, x_T, SCHED, 2, sigmas=torch.tensor([1.0, 3.0, 0.0])), "sigmas"),
+        (lambda: dpmpp_2m_sample(model, x_T, SCHED, 2, sigmas=torch.tensor([1e6, 3.0, 0.0])), "sigmas"),
+        (lambda: dpmpp_2m_sample(model, x_T, SCHED, 2, sigmas=torch.tensor([2.0, 0.0, 0.0])), "sigmas"),
+        (lambda: karras_sigmas(10, 1.0, 0.5), "sigma_max"),
+        (lambda: karras_sigmas(10, 0.1, 10.0, rho=0.0), "rho"),
+        (lambda: sigma_range(VE(0.01, 50.0), t_min=0.5, t_max=0.2), "t_min"),
+        (lambda: slerp(x_T, x_T, 1.5), "alpha"),
+        (lambda: slerp(x_T, x_T[:2], 0.5), "z0"),
+    ]
+    for call, name in bad:
+        with pytest.raises(ValueError, match=name):
+            call()
