@@ -105,7 +105,7 @@ class DigitsNCSNConfig:
     technique 1). The network is the digits UNet predicting eps (score = -eps / sigma) behind EDM's input scaling.
     """
 
-    steps: int = 8_000
+    steps: int = 6_000
     batch_size: int = 128
     lr: float = 1e-3
     warmup_steps: int = 200
