@@ -176,6 +176,8 @@ class ExactModel(nn.Module):
 
     It predicts ``prediction`` (eps, x0, v or score) under ``schedule``; ``cond`` (B,) picks a component, giving
     the exact *conditional* model p(x0 | k). Output has x's dtype and device; the maths runs in float64 on the CPU.
+    The output is differentiable with respect to x (autograd flows through the closed form), so divergences and
+    Jacobians of a perfect model (``diffedu.sde.log_likelihood``) are exact too.
     """
 
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, prediction: str = "eps"):
@@ -187,7 +189,7 @@ class ExactModel(nn.Module):
         t = as_time(t.detach().cpu() if torch.is_tensor(t) else t).expand(x.shape[0])  # (B,)
         if bool((t == t[0]).all()):
             t = t[:1]  # one time for the whole batch: compute the schedule once
-        x64 = x.detach().cpu().to(torch.float64)  # (B, D)
+        x64 = x.cpu().to(torch.float64)  # (B, D); not detached, so gradients reach x
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)  # (B,) or (1,) each
         x0 = self.mixture.denoise(x64, alpha, sigma, component=None if cond is None else cond.cpu())
         out = convert(x0, "x0", self.prediction, x64, alpha[:, None], sigma[:, None])
