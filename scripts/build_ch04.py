@@ -370,9 +370,9 @@ A $K$-step sampler must pick $K$ of the $N = 1000$ indices. Three rules are in u
 
 - **'leading'** (the DDIM paper's code, and the default in many libraries): $i = k\,\lfloor N/K \rfloor + 1$
   (+ `steps_offset`), $k = 0, \dots, K-1$. It never visits $i = N$: it *starts* at
-  $(K-1)N/K + 1$, where $x$ still holds some signal, yet it is handed pure noise.
-- **'trailing'**: $i = \mathrm{round}(kN/K)$, $k = K, \dots, 1$. It starts at $i = N$, where $x_N \sim \mathcal
-  N(0, I)$ is (nearly) right. Its last listed index is $N/K$, so the final jump to clean data is a big one.
+  $(K-1)N/K + 1$ (for $K$ dividing $N$), where $x$ still holds some signal, yet it is handed pure noise.
+- **'trailing'**: $i = \mathrm{round}(kN/K)$, $k = K, \dots, 1$. It starts at $i = N$, where $x_N \sim \mathcal N(0, I)$ is (nearly)
+  right. Its last listed index is $N/K$, so the final jump to clean data is a big one.
   Lin et al. (2024, "Common diffusion noise schedules and sample steps are flawed") recommend it together
   with a schedule whose terminal SNR is zero.
 - **'linspace'**: $K$ indices evenly spread from 1 to $N$ inclusive, so it has both ends.
