@@ -373,7 +373,7 @@ A $K$-step sampler must pick $K$ of the $N = 1000$ indices. Three rules are in u
   $(K-1)N/K + 1$ (for $K$ dividing $N$), where $x$ still holds some signal, yet it is handed pure noise.
 - **'trailing'**: $i = \mathrm{round}(kN/K)$, $k = K, \dots, 1$. It starts at $i = N$, where $x_N \sim \mathcal N(0, I)$ is (nearly)
   right. Its last listed index is $N/K$, so the final jump to clean data is a big one.
-  Lin et al. (2024, "Common diffusion noise schedules and sample steps are flawed") recommend it together
+  {cite:t}`lin2024common` recommend it together
   with a schedule whose terminal SNR is zero.
 - **'linspace'**: $K$ indices evenly spread from 1 to $N$ inclusive, so it has both ends.
 
@@ -434,7 +434,7 @@ image should still be there, and its start drifts further from pure noise as $K$
 'Trailing' always starts at $N$. At the other end, 'trailing' hands over at $\lambda \approx 2$ for $K = 10$,
 leaving the last jump to do a lot, while 'leading' and 'linspace' have already reached $i = 1$ ($\lambda \approx 9$).
 For Ho et al.'s linear schedule the start mismatch is small: $\bar\alpha_N \approx 4 \cdot 10^{-5}$, not 0.
-For schedules trained up to a larger $\bar\alpha_N$ it matters a lot (Lin et al. 2024).
+For schedules trained up to a larger $\bar\alpha_N$ it matters a lot {cite:p}`lin2024common`.
 
 How much does it matter here? DDIM ($\eta = 0$) on the digits at $K = 5$ and $10$, same noises as above:
 """)
@@ -530,7 +530,7 @@ How should we move between two noises $z_0, z_1 \in \mathbb R^{64}$? A straight 
 Gaussian vectors are nearly orthogonal with norm close to $\sqrt D$, and their midpoint
 $\tfrac12(z_0 + z_1)$ has norm close to $\sqrt{D/2}$. That is far less than any noise the model has seen, since
 in 64 dimensions the norm of $\mathcal N(0, I)$ concentrates near $8 \pm 0.7$. DDIM (their Sec. 5.3)
-interpolates along the great circle instead, by spherical linear interpolation (Shoemake 1985):
+interpolates along the great circle instead, by spherical linear interpolation {cite:p}`shoemake1985animating`:
 
 $$
 \mathrm{slerp}(z_0, z_1; a) = \frac{\sin((1-a)\theta)}{\sin\theta}\, z_0 + \frac{\sin(a\theta)}{\sin\theta}\, z_1,
