@@ -271,7 +271,7 @@ def test_hutchinson_agrees_within_its_standard_error():
 def test_bits_per_dim_of_a_known_discrete_density():
     """Pixels uniform on K levels, modelled by the exact PF-ODE of a narrow mixture on the levels: the dequantised
     bound must lie above the true entropy log2 K and, with a smooth enough t_min, close to it."""
-    K, D = 5, 2
+    K = 5
     levels = torch.linspace(-1, 1, K, dtype=torch.float64)
     grid = torch.cartesian_prod(levels, levels)  # (25, 2): every pixel pair, equally likely
     sch = VPLinear()
