@@ -336,3 +336,18 @@ def test_bad_input():
         sde.model_calls("ddim", 10)
     assert sde.default_t_min(VE()) == 0.0 and sde.default_t_min(sch) == 1e-3
     assert isinstance(linear_schedule(), DiscreteSchedule)
+
+
+def test_exact_model_is_differentiable_in_x():
+    """The exact divergence of the exact score is the Laplacian of log p_t, computed here from log_prob's Hessian."""
+    from diffedu.ncsn import model_score
+
+    gm, sch = small_mixture(), VPLinear()
+    model = ExactModel(gm, sch, "eps")
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = 0.3
+    _, div = sde.divergence_exact(lambda y: model_score(model, y, t, sch), x)
+    a, s = sch.alpha(t), sch.sigma(t)
+    laplacian = torch.stack([torch.trace(torch.autograd.functional.hessian(
+        lambda y: gm.log_prob(y[None], a, s)[0], row)) for row in x])
+    assert torch.allclose(div, laplacian, atol=1e-8)
