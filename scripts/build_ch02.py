@@ -375,8 +375,9 @@ Every cluster has the right shape, yet the proportions are wrong: about one thir
 $(0.6, 0.3, 0.1)$. Each sample slides into the mode whose basin it started in and practically never crosses the
 low-density gap to another one; the mixing time grows exponentially with the gap. This is the second failure
 {cite:p}`song2019generative`: the score of a mixture with separated modes carries no information about their
-weights (§2.1), so a local sampler cannot find them in any reasonable time. With the learned score both
-failures add up — the trip through the badly learned low-density region is where it goes wrong.
+weights (§2.1), so a local sampler cannot find them in any reasonable time. With the learned score the
+weights are just as wrong, and every sample's path to its mode crosses the region where §2.2 found the learned
+score unreliable: the two failures compound.
 
 ## 2.6 Noise-conditional score networks and annealed Langevin dynamics
 
