@@ -42,6 +42,7 @@ from .toy import GaussianMixture
 
 Tensor = torch.Tensor
 SOLVERS = ("euler", "heun", "ddim", "dpmpp_2m")
+_FLOWS: dict = {}  # one cached (states, propagators) of the last optimise_schedule grid
 
 
 # --- the dynamic programme -----------------------------------------------------------------------------------
@@ -324,10 +325,17 @@ def optimise_schedule(mixture: GaussianMixture, schedule: NoiseSchedule, steps: 
     x_T = torch.randn(batch, mixture.D, generator=g, dtype=torch.float64)
     alpha_max = float(schedule.alpha(1.0))  # x_T lives at t = 1 (= t_N of a chain)
     den = mixture_denoiser(mixture)
-    if propagate:
-        states, J = flow_propagators(den, x_T / alpha_max, sigmas, steps_per_unit)
+    key = (id(mixture), id(schedule), grid_size, batch, seed, steps_per_unit, propagate)
+    hit = _FLOWS.get(key)
+    if hit is not None and hit[0] is mixture and hit[1] is schedule:  # same objects: reuse the exact flow
+        states, J = hit[2]
     else:
-        states, J = exact_flow(den, x_T / alpha_max, sigmas, steps_per_unit), None
+        if propagate:
+            states, J = flow_propagators(den, x_T / alpha_max, sigmas, steps_per_unit)
+        else:
+            states, J = exact_flow(den, x_T / alpha_max, sigmas, steps_per_unit), None
+        _FLOWS.clear()  # keep one: the benchmark asks for many K and solvers on the same grid
+        _FLOWS[key] = (mixture, schedule, (states, J))
     costs = local_error_costs(den, sigmas, states, solver, J)
     if solver == "dpmpp_2m":
         path, total = optimal_path_multistep(costs[0], costs[1], steps)
