@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py                 # everything
     python scripts/benchmark.py --skip-chapters # only the training throughput
+    python scripts/benchmark.py --samplers [--quick]   # add the chapter 5 sampler benchmark (issue 4)
 
 Rows: each chapter's execution time in quick mode (executed with nbclient, outputs discarded) and the sample-quality
 figure it reports; training steps/s of the MLP (2-D) and the UNet (8x8 digits) at batch 128.
@@ -60,11 +61,115 @@ def run_chapter(path: Path) -> tuple[float, str]:
     return seconds, text
 
 
+def diffusers_dpmpp(x_T: torch.Tensor, schedule, steps: int) -> torch.Tensor | None:
+    """diffusers' DPMSolverMultistepScheduler (2M, dpmsolver++, its defaults: linspace, final sigma 0) driven by
+    the same exact model and x_T (set-up of tests/test_crosscheck_diffusers.py, its float32 buffers kept)."""
+    try:
+        from diffusers import DPMSolverMultistepScheduler
+    except Exception:  # optional
+        return None
+    from diffedu.toy import ExactModel, eight_gaussians
+
+    model = ExactModel(eight_gaussians(), schedule, "eps")
+    sch = DPMSolverMultistepScheduler(num_train_timesteps=schedule.N, trained_betas=schedule.betas[1:].numpy(),
+                                      algorithm_type="dpmsolver++", solver_order=2)
+    sch.set_timesteps(steps)
+    x = x_T.clone()
+    for k in sch.timesteps:
+        x = sch.step(model(x, torch.tensor((float(k) + 1) / schedule.N, dtype=torch.float64)), k, x).prev_sample
+    return x
+
+
+def per_step_overhead(repeats: int = 5) -> list[tuple[str, str, str, str]]:
+    """Seconds per step of a 50-step loop on (128, 1, 16, 16) with a zero-cost model (returns zeros), ours vs
+    diffusers' ``step`` (best of ``repeats``)."""
+    from diffedu.samplers import discrete_sigmas, dpmpp_2m_sample, euler_sample
+    from diffedu.ddim import ddim_sample, spaced_indices
+
+    schedule = linear_schedule(1000)
+    x = torch.randn(128, 1, 16, 16)
+    zero = lambda x, t, cond=None: torch.zeros_like(x)  # noqa: E731
+    K = 50
+    sig = discrete_sigmas(schedule, spaced_indices(schedule.N, K, "linspace"))
+
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times) / K
+
+    ours = {"DPM-Solver++(2M)": best(lambda: dpmpp_2m_sample(zero, x, schedule, K, sigmas=sig, progress=False)),
+            "Euler": best(lambda: euler_sample(zero, x, schedule, K, sigmas=sig, progress=False)),
+            "DDIM": best(lambda: ddim_sample(zero, x, schedule, K, progress=False))}
+    rows = []
+    try:
+        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    except Exception:
+        return [(f"{n} per step, zero model", f"{t * 1e6:.0f} us", "diffusers missing", "") for n, t in ours.items()]
+    theirs = {}
+    for name, cls in (("DPM-Solver++(2M)", DPMSolverMultistepScheduler), ("Euler", EulerDiscreteScheduler),
+                      ("DDIM", DDIMScheduler)):
+        sch = cls(num_train_timesteps=1000)
+
+        def loop():
+            sch.set_timesteps(K)
+            y = x.clone()
+            for k in sch.timesteps:
+                y = sch.step(torch.zeros_like(y), k, y).prev_sample
+
+        theirs[name] = best(loop)
+    for name in ours:
+        rows.append((f"{name} per step, zero model, (128,1,16,16)", f"{ours[name] * 1e6:.0f} us",
+                     f"diffusers {theirs[name] * 1e6:.0f} us", f"ratio {ours[name] / theirs[name]:.2f} (need <= 1.0)"))
+    return rows
+
+
+def sampler_rows(quick: bool) -> list[tuple[str, str, str, str]]:
+    """Chapter 5 (issue 4): error vs NFE table, observed orders, ours vs diffusers at 10 NFE, per-step overhead."""
+    from diffedu.benchmark import format_table, observed_orders, reference_endpoint, sampler_benchmark
+    from diffedu.samplers import dpmpp_2m_sample
+    from diffedu.schedule_search import optimise_schedule
+    from diffedu.toy import ExactModel, eight_gaussians
+
+    rows_b = sampler_benchmark(quick=quick)
+    print(format_table(rows_b))
+    orders = observed_orders(rows_b)
+    print("observed orders (slope of log error on log NFE, NFE 10-200):",
+          ", ".join(f"{s}/{k} {p:.2f}" for (s, k), p in orders.items()))
+    rows = []
+    mixture, schedule = eight_gaussians(), linear_schedule(1000)
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref, _ = reference_endpoint(mixture, schedule, x_T)
+    model = ExactModel(mixture, schedule, "eps")
+    err = lambda x: float((x.double() - ref).pow(2).sum(1).mean().sqrt())  # noqa: E731
+    theirs = diffusers_dpmpp(x_T, schedule, 10)
+    ours = {"karras": err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False)),
+            "optimised": err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False,
+                                             sigmas=optimise_schedule(mixture, schedule, 10, "dpmpp_2m").sigmas))}
+    if theirs is None:
+        rows.append(("DPM-Solver++(2M) 10 NFE vs diffusers", "diffusers missing", "", ""))
+    else:
+        t = err(theirs)
+        rows.append(("DPM++(2M) 10 NFE: diffusers (linspace)", f"RMS {t:.3e}", "reference", ""))
+        rows.append(("DPM++(2M) 10 NFE: ours, Karras rho=7", f"RMS {ours['karras']:.3e}",
+                     f"ratio {ours['karras'] / t:.2f} (need <= 1)", ""))
+        rows.append(("DPM++(2M) 10 NFE: ours, DP-optimised", f"RMS {ours['optimised']:.3e}",
+                     f"{100 * (1 - ours['optimised'] / t):.0f}% lower (need >= 20%)", ""))
+    rows += per_step_overhead()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-chapters", action="store_true")
+    parser.add_argument("--samplers", action="store_true", help="add the chapter 5 sampler benchmark")
+    parser.add_argument("--quick", action="store_true", help="with --samplers: fewer NFE budgets")
     args = parser.parse_args()
     rows = []
+    if args.samplers:
+        rows += sampler_rows(args.quick)
     if not args.skip_chapters:
         for path in sorted((ROOT / "chapters").glob("*.ipynb")):
             seconds, text = run_chapter(path)
