@@ -99,7 +99,8 @@ def test_explicit_score_matching_of_the_exact_gaussian_score():
 
 
 def test_explicit_score_matching_of_a_linear_field_and_its_minimiser():
-    """s(x) = W x + b: J = tr W + 1/2 [tr(W Sigma W^T) + ||W mu + b||^2]; minimised by W = -Sigma^-1, b = Sigma^-1 mu."""
+    """s(x) = W x + b: J = tr W + 1/2 [tr(W Sigma W^T) + ||W mu + b||^2], minimised by the Gaussian's score:
+    W = -Sigma^-1, b = Sigma^-1 mu."""
     p, mu, cov = anisotropic_gaussian(3)
     x = p.sample(20_000, gen(2))[0]
     W = torch.randn(3, 3, generator=gen(3), dtype=torch.float64)

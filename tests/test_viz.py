@@ -205,8 +205,6 @@ def test_static_strip_deterministic():
 
 
 def test_compare_score_fields_shares_one_colour_scale():
-    from matplotlib.colors import Normalize  # noqa: F401
-
     fields = {"exact": lambda x: -x, "learned": lambda x: -2 * x, "third": lambda x: x.flip(1)}
     fig = viz.compare_score_fields(fields, lim=2.0, n=8, ncols=2, points=torch.randn(50, 2),
                                    log_density=lambda x: -0.5 * (x ** 2).sum(1), title="fields")
