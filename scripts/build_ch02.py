@@ -532,8 +532,6 @@ titles = ["start: 6 N(0, I)"] + [f"after level σ = {s:.3g}" for s in sigmas.tol
 viz.animate_reverse(list(traj), titles=titles, lim=(-7, 7), interval=400)
 """)
 
-import os as _os
-_digits_start = len(cells)
 md(r"""
 ## 2.7 Digits from a shipped NCSN
 
@@ -591,8 +589,6 @@ viz.image_grid(strip, nrow=len(shown_levels), labels=labels, title="Four samples
 plt.show()
 """)
 
-if _os.environ.get("BUILD_NO_DIGITS"):  # only while the ncsn_digits checkpoint does not exist yet
-    del cells[_digits_start:]
 md(r"""
 ## Exercises
 
@@ -697,5 +693,7 @@ nb = new_notebook(cells=cells, metadata={
     "language_info": {"name": "python"},
     "colab": {"provenance": []},
 })
-nbformat.write(nb, "chapters/02_ncsn.ipynb")
-print("wrote chapters/02_ncsn.ipynb with", len(cells), "cells")
+import sys
+out = sys.argv[1] if len(sys.argv) > 1 else "chapters/02_ncsn.ipynb"
+nbformat.write(nb, out)
+print("wrote", out, "with", len(cells), "cells")
