@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_finite, check_int, check_same_shape, check_scalar
-from .predictions import predict_x0_eps
+from .predictions import predict_x0_eps_at
 from .schedules import DiscreteSchedule
 
 Tensor = torch.Tensor
@@ -95,6 +95,13 @@ def _final_index(set_alpha_to_one: bool) -> int:
     return 0 if set_alpha_to_one else 1
 
 
+def _chain_numbers(schedule: DiscreteSchedule) -> tuple[list[float], list[float], list[float], list[float]]:
+    """alpha_bar_i, t_i, alpha(t_i), sigma(t_i) for every index i, computed once in float64 as Python floats: the
+    sampling loop then does no schedule arithmetic of its own."""
+    t = schedule.times
+    return (schedule.alpha_bars.tolist(), t.tolist(), schedule.alpha(t).tolist(), schedule.sigma(t).tolist())
+
+
 @torch.no_grad()
 def ddim_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, steps: int, eta: float = 0.0,
                 spacing: str = "trailing", steps_offset: int = 0, set_alpha_to_one: bool = True,
@@ -103,7 +110,7 @@ def ddim_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, steps:
     """DDIM sampling (Song et al. 2021, eq. 12 and 16) in ``steps`` jumps: NFE = steps.
 
     Args:
-        model: ``net(x, t, cond)`` predicting eps, x0, v or the score (converted by ``predict_x0_eps``).
+        model: ``net(x, t, cond)`` predicting eps, x0, v or the score (converted by ``predict_x0_eps_at``).
         x_T: (B, ...) starting noise at the first index of the sub-sequence, N(0, I).
         schedule: the DDPM chain (a DiscreteSchedule) whose indices are visited.
         steps: K, the number of jumps, in [1, N].
@@ -119,11 +126,12 @@ def ddim_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, steps:
     eta = check_scalar("eta", eta, 0.0, 1.0)
     seq = spaced_indices(schedule.N, steps, spacing, steps_offset).tolist()
     seq.append(_final_index(set_alpha_to_one))
+    ab, times, alphas, sigmas = _chain_numbers(schedule)
     x = x_T
     trajectory, x0_preds = [x.cpu()], []
     for i, j in tqdm(list(zip(seq[:-1], seq[1:])), disable=not progress, desc="DDIM sampling"):
-        x0_hat, eps_hat = predict_x0_eps(model, x, schedule.times[i], schedule, cond)
-        a_i, a_j = float(schedule.alpha_bars[i]), float(schedule.alpha_bars[j])
+        x0_hat, eps_hat = predict_x0_eps_at(model, x, times[i], alphas[i], sigmas[i], cond)
+        a_i, a_j = ab[i], ab[j]
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 else None
         x = ddim_step(x, x0_hat, eps_hat, a_i, a_j, eta, z)
         if return_trajectory:
@@ -155,11 +163,12 @@ def ddim_invert(model: Callable, x0: Tensor, schedule: DiscreteSchedule, steps: 
     check_finite("x0", x0)
     seq = spaced_indices(schedule.N, steps, spacing, steps_offset).flip(0).tolist()  # increasing
     seq.insert(0, _final_index(set_alpha_to_one))
+    ab, times, alphas, sigmas = _chain_numbers(schedule)
     x = x0
     trajectory = [x.cpu()]
     for j, i in tqdm(list(zip(seq[:-1], seq[1:])), disable=not progress, desc="DDIM inversion"):
-        _, eps_hat = predict_x0_eps(model, x, schedule.times[i], schedule, cond)
-        a_i, a_j = float(schedule.alpha_bars[i]), float(schedule.alpha_bars[j])
+        _, eps_hat = predict_x0_eps_at(model, x, times[i], alphas[i], sigmas[i], cond)
+        a_i, a_j = ab[i], ab[j]
         ratio = math.sqrt(a_i / a_j)
         x = ratio * x + (math.sqrt(1 - a_i) - ratio * math.sqrt(1 - a_j)) * eps_hat
         if return_trajectory:

@@ -99,3 +99,20 @@ def predict_x0_eps(model: Callable, x_t: Tensor, t: Tensor | float, schedule: No
     x0 = to_x0(pred, kind, x_t, alpha, sigma)
     eps = pred if kind == "eps" else to_eps(pred, kind, x_t, alpha, sigma)
     return x0, eps
+
+
+def predict_x0_eps_at(model: Callable, x_t: Tensor, t: float, alpha: float, sigma: float,
+                      cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``predict_x0_eps`` at one time t for the whole batch, with alpha(t) and sigma(t) already known.
+
+    A sampler knows its whole grid before it starts, so it computes each (t, alpha, sigma) once, in float64, as
+    Python numbers, and passes them here: the step then costs the network call and a few tensor operations, not
+    a schedule evaluation. x_t (B, ...) is checked once by the sampler (x_T), not at every call.
+    """
+    pred = model(x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=x_t.dtype), cond)  # (B, ...)
+    if pred.shape != x_t.shape:
+        raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(pred.shape)}")
+    kind = prediction_of(model)
+    x0 = to_x0(pred, kind, x_t, alpha, sigma)
+    eps = pred if kind == "eps" else to_eps(pred, kind, x_t, alpha, sigma)
+    return x0, eps

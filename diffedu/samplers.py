@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .checks import check_choice, check_finite, check_int, check_scalar
 from .ddim import (SPACINGS, check_discrete, ddim_invert, ddim_sample, ddim_step, slerp,  # noqa: F401
                    spaced_indices)
-from .predictions import predict_x0_eps
+from .predictions import predict_x0_eps_at
 from .schedules import VE, DiscreteSchedule, NoiseSchedule, as_time
 
 Tensor = torch.Tensor
@@ -88,7 +88,8 @@ def sigma_range(schedule: NoiseSchedule, t_min: float | None = None, t_max: floa
 def time_of_sigma(schedule: NoiseSchedule, sigmas: Tensor | float) -> Tensor:
     """Invert sigma~(t): the time t at which the schedule's log-SNR lambda(t) equals -2 log sigma~ (float64).
 
-    lambda decreases in t, so 64 bisection steps pin t to float64 precision for any schedule (VE: closed form).
+    The schedule's ``time_of_log_snr`` does the work: exact for DDPM's chain (a binary search in its table and a
+    linear solve), closed forms for VE, VPLinear and VPCosine, 64 bisection steps (float64 precision) otherwise.
     Sigmas outside [sigma~(0), sigma~(1)] raise a ValueError.
     """
     s = torch.as_tensor(sigmas, dtype=torch.float64)
@@ -101,13 +102,7 @@ def time_of_sigma(schedule: NoiseSchedule, sigmas: Tensor | float) -> Tensor:
     if s.numel() and (float(s.max()) > hi_s * (1 + 1e-12) or float(s.min()) < lo_s * (1 - 1e-12)):
         raise ValueError(f"sigmas must lie in the schedule's range [{lo_s:.6g}, {hi_s:.6g}], got values in "
                          f"[{float(s.min()):.6g}, {float(s.max()):.6g}]")
-    target = -2.0 * torch.log(s)  # lambda
-    lo, hi = torch.zeros_like(s), torch.ones_like(s)
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
-        above = schedule.log_snr(mid) > target  # lambda(mid) too large: mid is too early
-        lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
-    return 0.5 * (lo + hi)
+    return schedule.time_of_log_snr(-2.0 * torch.log(s))  # lambda = -2 log sigma~
 
 
 def _sigma_grid(schedule: NoiseSchedule, steps: int, sigmas: Tensor | None, rho: float) -> tuple[Tensor, Tensor]:
@@ -130,23 +125,31 @@ def _sigma_grid(schedule: NoiseSchedule, steps: int, sigmas: Tensor | None, rho:
 
 
 class _Denoiser:
-    """D(x~; sigma~) = x0-hat of the network called on x = alpha(t) x~ at t = t(sigma~); counts calls (NFE)."""
+    """D(x~; sigma~_k) = x0-hat of the network called on x = alpha_k x~ at the grid's time t_k; counts calls (NFE).
 
-    def __init__(self, model: Callable, schedule: NoiseSchedule, cond: Tensor | None):
-        self.model, self.schedule, self.cond, self.nfe = model, schedule, cond, 0
+    The whole grid is known before the first step, so its sigma~_k, t_k, alpha_k = alpha(t_k) and sigma_k are
+    computed once, in float64, and kept as Python numbers (lists indexed by k): a step then costs the network
+    call and a few tensor operations, and no schedule evaluation.
+    """
 
-    def alpha(self, t: Tensor) -> float:
-        return float(self.schedule.alpha(t))
+    def __init__(self, model: Callable, schedule: NoiseSchedule, cond: Tensor | None, sigmas: Tensor, times: Tensor):
+        self.model, self.cond, self.nfe = model, cond, 0
+        self.sigma_tildes, self.times = sigmas.tolist(), times.tolist()
+        self.alphas, self.sigmas = schedule.alpha(times).tolist(), schedule.sigma(times).tolist()
 
-    def __call__(self, x_tilde: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x_tilde: Tensor, k: int) -> Tensor:
         self.nfe += 1
-        x0_hat, _ = predict_x0_eps(self.model, self.alpha(t) * x_tilde, t, self.schedule, self.cond)
+        alpha = self.alphas[k]
+        x0_hat, _ = predict_x0_eps_at(self.model, alpha * x_tilde, self.times[k], alpha, self.sigmas[k], self.cond)
         return x0_hat
 
+    def to_tilde(self, x: Tensor, k: int) -> Tensor:
+        """From the schedule's x-space at grid point k to the sigma view: x~ = x / alpha_k."""
+        return x / self.alphas[k]
 
-def _to_x(denoiser: _Denoiser, x_tilde: Tensor, sigma: Tensor, t: Tensor) -> Tensor:
-    """Back to the schedule's x-space: alpha(t) x~, or x~ itself at sigma~ = 0 (clean data)."""
-    return x_tilde if float(sigma) == 0 else denoiser.alpha(t) * x_tilde
+    def to_x(self, x_tilde: Tensor, k: int) -> Tensor:
+        """Back to the schedule's x-space: alpha_k x~, or x~ itself at sigma~ = 0 (clean data)."""
+        return x_tilde if self.sigma_tildes[k] == 0 else self.alphas[k] * x_tilde
 
 
 # --- Karras et al. 2022: Euler and Heun --------------------------------------------------------------------
@@ -165,18 +168,18 @@ def euler_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: i
     the K denoised x0-hat.
     """
     check_finite("x_T", x_T)
-    sigmas, times = _sigma_grid(schedule, steps, sigmas, rho)
-    D = _Denoiser(model, schedule, cond)
-    x = x_T / D.alpha(times[0])  # x~_0
+    D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho))
+    sig = D.sigma_tildes  # Python floats
+    x = D.to_tilde(x_T, 0)  # x~_0
     trajectory, x0_preds = [x_T.cpu()], []
     for k in tqdm(range(steps), disable=not progress, desc="Euler sampling"):
-        denoised = D(x, times[k])
-        d = (x - denoised) / float(sigmas[k])
-        x = x + float(sigmas[k + 1] - sigmas[k]) * d
+        denoised = D(x, k)
+        d = (x - denoised) / sig[k]
+        x = x + (sig[k + 1] - sig[k]) * d
         if return_trajectory:
-            trajectory.append(_to_x(D, x, sigmas[k + 1], times[k + 1]).cpu())
+            trajectory.append(D.to_x(x, k + 1).cpu())
             x0_preds.append(denoised.cpu())
-    out = _to_x(D, x, sigmas[-1], times[-1])
+    out = D.to_x(x, steps)
     return (out, trajectory, x0_preds) if return_trajectory else out
 
 
@@ -193,24 +196,23 @@ def heun_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: in
     0, else 2 steps. Arguments and returns as ``euler_sample``.
     """
     check_finite("x_T", x_T)
-    sigmas, times = _sigma_grid(schedule, steps, sigmas, rho)
-    D = _Denoiser(model, schedule, cond)
-    x = x_T / D.alpha(times[0])
+    D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho))
+    x = D.to_tilde(x_T, 0)
     trajectory, x0_preds = [x_T.cpu()], []
     for k in tqdm(range(steps), disable=not progress, desc="Heun sampling"):
-        s, s_next = float(sigmas[k]), float(sigmas[k + 1])
-        denoised = D(x, times[k])
+        s, s_next = D.sigma_tildes[k], D.sigma_tildes[k + 1]
+        denoised = D(x, k)
         d = (x - denoised) / s
         x_euler = x + (s_next - s) * d
         if s_next == 0:
             x = x_euler
         else:
-            d_next = (x_euler - D(x_euler, times[k + 1])) / s_next
+            d_next = (x_euler - D(x_euler, k + 1)) / s_next
             x = x + (s_next - s) * 0.5 * (d + d_next)
         if return_trajectory:
-            trajectory.append(_to_x(D, x, sigmas[k + 1], times[k + 1]).cpu())
+            trajectory.append(D.to_x(x, k + 1).cpu())
             x0_preds.append(denoised.cpu())
-    out = _to_x(D, x, sigmas[-1], times[-1])
+    out = D.to_x(x, steps)
     return (out, trajectory, x0_preds) if return_trajectory else out
 
 
@@ -236,14 +238,13 @@ def dpmpp_2m_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps
     as ``euler_sample``; ``generator`` is unused (deterministic).
     """
     check_finite("x_T", x_T)
-    sigmas, times = _sigma_grid(schedule, steps, sigmas, rho)
-    D = _Denoiser(model, schedule, cond)
-    x = x_T / D.alpha(times[0])
+    D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho))
+    x = D.to_tilde(x_T, 0)
     trajectory, x0_preds = [x_T.cpu()], []
     x0_prev, h_prev = None, None
     for k in tqdm(range(steps), disable=not progress, desc="DPM-Solver++(2M)"):
-        s, s_next = float(sigmas[k]), float(sigmas[k + 1])
-        x0 = D(x, times[k])
+        s, s_next = D.sigma_tildes[k], D.sigma_tildes[k + 1]
+        x0 = D(x, k)
         last = k == steps - 1
         first_order = x0_prev is None or s_next == 0 or (lower_order_final and last and steps < 15)
         if first_order:
@@ -256,9 +257,9 @@ def dpmpp_2m_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps
             h_prev = math.log(s / s_next)
         x0_prev = x0
         if return_trajectory:
-            trajectory.append(_to_x(D, x, sigmas[k + 1], times[k + 1]).cpu())
+            trajectory.append(D.to_x(x, k + 1).cpu())
             x0_preds.append(x0.cpu())
-    out = _to_x(D, x, sigmas[-1], times[-1])
+    out = D.to_x(x, steps)
     return (out, trajectory, x0_preds) if return_trajectory else out
 
 
@@ -300,20 +301,22 @@ def plms_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, steps:
     steps = check_int("steps", steps, 4 if warmup == "prk" else 1, schedule.N)
     seq = spaced_indices(schedule.N, steps, spacing, steps_offset).tolist()
     seq.append(0 if set_alpha_to_one else 1)
-    ab, times = schedule.alpha_bars, schedule.times
+    # the chain's float64 numbers as Python floats, once: alpha_bar_i, t_i, alpha(t_i), sigma(t_i)
+    ab, times = schedule.alpha_bars.tolist(), schedule.times.tolist()
+    alphas, sigmas = schedule.alpha(schedule.times).tolist(), schedule.sigma(schedule.times).tolist()
 
     def eps_at(x: Tensor, i: int) -> tuple[Tensor, Tensor]:
-        return predict_x0_eps(model, x, times[i], schedule, cond)
+        return predict_x0_eps_at(model, x, times[i], alphas[i], sigmas[i], cond)
 
     x = x_T
     trajectory, x0_preds, ets = [x.cpu()], [], []  # ets: eps-hat at the grid points, newest last
     for k, (i, j) in enumerate(tqdm(list(zip(seq[:-1], seq[1:])), disable=not progress, desc="PLMS sampling")):
-        a_i, a_j = float(ab[i]), float(ab[j])
+        a_i, a_j = ab[i], ab[j]
         x0_hat, e = eps_at(x, i)
         ets.append(e)
         if warmup == "prk" and k < 3:  # pseudo Runge-Kutta (eq. 13)
             m = i - (i - j) // 2
-            a_m = float(ab[m])
+            a_m = ab[m]
             e2 = eps_at(_transfer(x, e, a_i, a_m), m)[1]
             e3 = eps_at(_transfer(x, e2, a_i, a_m), m)[1]
             e4 = eps_at(_transfer(x, e3, a_i, a_j), j)[1]

@@ -69,6 +69,20 @@ class NoiseSchedule:
         t = as_time(t)
         return broadcast_to(self.alpha(t), x), broadcast_to(self.sigma(t), x)
 
+    def time_of_log_snr(self, lam: Tensor) -> Tensor:
+        """The time t in [0, 1] with log_snr(t) = lam (float64), for lam inside the schedule's range.
+
+        lambda(t) decreases in t, so 64 bisection steps pin t to float64 precision for any schedule. Subclasses
+        with a closed-form inverse override this (DiscreteSchedule, VPLinear, VPCosine, VE).
+        """
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam  # lambda(mid) too large: mid is too early
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
 
 class DiscreteSchedule(NoiseSchedule):
     """DDPM's discrete chain q(x_i | x_{i-1}) = N(sqrt(1 - beta_i) x_{i-1}, beta_i I), i = 1..N (Ho et al. eq. 2).
@@ -122,6 +136,21 @@ class DiscreteSchedule(NoiseSchedule):
 
     def sigma(self, t: Tensor | float) -> Tensor:
         return torch.sqrt(-torch.expm1(torch.log(self.alpha_bar(t))))  # sqrt(1 - alpha_bar), accurate near 0
+
+    def time_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Exact inverse of ``log_snr``: no iteration, because log alpha_bar is piecewise linear in t.
+
+        alpha_bar = sigmoid(lambda), so L = log alpha_bar = -log(1 + e^-lambda). Find the grid segment
+        [t_lo, t_hi] whose log alpha_bar values bracket L (a binary search in the monotone table), then solve
+        the linear interpolation for t. lam past the last grid point gives its time t_N.
+        """
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        L = -torch.nn.functional.softplus(-lam)  # log alpha_bar, accurate for large lambda (t near 0)
+        log_ab = torch.log(self.alpha_bars)  # (N + 1,) decreasing from 0
+        hi = torch.searchsorted(-log_ab, -L.reshape(-1)).clamp(1, self.N).reshape(L.shape)  # right grid index
+        lo = hi - 1
+        w = ((L - log_ab[lo]) / (log_ab[hi] - log_ab[lo])).clamp(0.0, 1.0)
+        return self.times[lo] + w * (self.times[hi] - self.times[lo])
 
     # --- the discrete chain ----------------------------------------------------------------------------------
     def check_index(self, i: Tensor, low: int = 1) -> Tensor:
@@ -222,6 +251,13 @@ class VPLinear(NoiseSchedule):
     def sigma(self, t: Tensor | float) -> Tensor:
         return torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
 
+    def time_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Closed form: log alpha = -log(1 + e^-lambda) / 2 =: -c is a quadratic in t, so
+        t = 2c / (beta_min / 2 + sqrt(beta_min^2 / 4 + c (beta_max - beta_min)))  (the root without cancellation)."""
+        c = 0.5 * torch.nn.functional.softplus(-torch.as_tensor(lam, dtype=torch.float64))
+        b = 0.5 * self.beta_min
+        return (2 * c / (b + torch.sqrt(b ** 2 + c * (self.beta_max - self.beta_min)))).clamp(0.0, 1.0)
+
 
 class VPCosine(NoiseSchedule):
     """Continuous cosine VP process: alpha(t)^2 = alpha_bar(t) of Nichol & Dhariwal (2021, eq. 17), no clipping.
@@ -240,6 +276,14 @@ class VPCosine(NoiseSchedule):
 
     def sigma(self, t: Tensor | float) -> Tensor:
         return torch.sqrt(torch.clamp(1 - cosine_alpha_bar(as_time(t), self.s), min=0.0))
+
+    def time_of_log_snr(self, lam: Tensor) -> Tensor:
+        """Closed form: with u = (t + s) / (1 + s) pi / 2, alpha_bar = cos^2 u / cos^2 u_0 = 1 / (1 + e^-lambda)
+        gives tan^2 u = e^-lambda + tan^2 u_0 (1 + e^-lambda); t = u (1 + s) 2 / pi - s (atan: well conditioned)."""
+        e = torch.exp(-torch.as_tensor(lam, dtype=torch.float64))  # sigma~^2
+        tan0 = math.tan(self.s / (1 + self.s) * math.pi / 2)
+        u = torch.atan(torch.sqrt(e + tan0 ** 2 * (1 + e)))
+        return (u * (1 + self.s) * 2 / math.pi - self.s).clamp(0.0, 1.0)
 
 
 class SubVP(NoiseSchedule):
@@ -300,3 +344,7 @@ class VE(NoiseSchedule):
                              f"values in [{float(sigma.min()):.4g}, {float(sigma.max()):.4g}]")
         t = torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
         return t.clamp(0.0, 1.0)
+
+    def time_of_log_snr(self, lam: Tensor) -> Tensor:
+        """lambda = -2 log sigma here (alpha = 1): ``time_of_sigma`` of sigma = exp(-lambda / 2)."""
+        return self.time_of_sigma(torch.exp(-0.5 * torch.as_tensor(lam, dtype=torch.float64)))

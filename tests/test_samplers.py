@@ -12,6 +12,7 @@ import torch
 
 from diffedu.ddim import ddim_invert, ddim_sample, slerp, spaced_indices
 from diffedu.ddpm import ddpm_sample
+from diffedu.predictions import predict_x0_eps, predict_x0_eps_at
 from diffedu.samplers import (discrete_sigmas, dpmpp_2m_sample, euler_sample, heun_sample, karras_sigmas,
                               plms_sample, sigma_range, sigma_tilde, time_of_sigma)
 from diffedu.schedules import VE, VPCosine, VPLinear, cosine_schedule, linear_schedule
@@ -169,6 +170,18 @@ def test_time_of_sigma_inverts_sigma_tilde(schedule):
         time_of_sigma(schedule, torch.tensor([1e20 if isinstance(schedule, VPCosine) else 1e9], dtype=F64))
     with pytest.raises(ValueError, match="sigma"):
         time_of_sigma(schedule, torch.tensor([0.0], dtype=F64))
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v", "score"])
+def test_predict_x0_eps_at_is_predict_x0_eps_with_known_coefficients(kind):
+    """The samplers' fast path (alpha, sigma precomputed as floats) gives predict_x0_eps's answer."""
+    model, x = ExactModel(MIXTURE, SCHED, kind), noise(14, (8, 2))
+    for t in (0.001, 0.37, 1.0):
+        a, s = float(SCHED.alpha(t)), float(SCHED.sigma(t))
+        for fast, ref in zip(predict_x0_eps_at(model, x, t, a, s), predict_x0_eps(model, x, t, SCHED)):
+            assert torch.allclose(fast, ref, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="shape"):
+        predict_x0_eps_at(lambda x, t, cond=None: x[:1], x, 0.5, 0.7, 0.7)
 
 
 def gaussian_run(sampler, schedule, K, x_T, **kw):

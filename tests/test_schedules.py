@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffedu.predictions import PREDICTIONS, convert, predict_x0_eps, targets, to_eps, to_x0
-from diffedu.schedules import (VE, DiscreteSchedule, SubVP, VPCosine, VPLinear, cosine_alpha_bar,
+from diffedu.schedules import (VE, DiscreteSchedule, NoiseSchedule, SubVP, VPCosine, VPLinear, cosine_alpha_bar,
                                cosine_schedule, linear_schedule)
 
 
@@ -204,3 +204,20 @@ def test_schedule_bad_input():
         SubVP(beta_min=-1.0)
     with pytest.raises(ValueError, match="kind"):
         to_x0(torch.zeros(1), "noise", torch.zeros(1), torch.ones(1), torch.ones(1))
+
+
+# --- time_of_log_snr: exact / closed-form inverses of the log-SNR --------------------------------------------
+
+@pytest.mark.parametrize("schedule", [linear_schedule(1000), cosine_schedule(200),
+                                      linear_schedule(1000).evenly_spaced(7),
+                                      VPLinear(), VPLinear(0.5, 0.5), VPCosine(), VE(0.01, 50.0), SubVP()],
+                         ids=["linear", "cosine", "respaced", "vp", "vp_const", "vp_cosine", "ve", "subvp"])
+def test_time_of_log_snr_inverts_log_snr(schedule):
+    t = torch.tensor([0.0015, 0.002, 0.1, 0.37, 0.5, 0.93, 0.999], dtype=torch.float64)
+    if isinstance(schedule, DiscreteSchedule):
+        t = torch.cat([t * float(schedule.times[-1]), schedule.times[1:]])  # between and on the grid points
+    t_back = schedule.time_of_log_snr(schedule.log_snr(t))
+    assert t_back.dtype == torch.float64 and t_back.shape == t.shape
+    assert torch.allclose(t_back, t, rtol=0, atol=1e-11)
+    # the closed forms agree with the generic bisection of the base class
+    assert torch.allclose(NoiseSchedule.time_of_log_snr(schedule, schedule.log_snr(t)), t_back, rtol=0, atol=1e-11)
