@@ -222,7 +222,7 @@ def test_ode_converges_at_the_solvers_order(name, method, order, steps):
 
 # --- likelihood through the ODE ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve", pytest.param("ddpm", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "ddpm"])
 def test_ode_likelihood_of_a_gaussian_and_a_mixture(name):
     """The ODE part (delta plus the *exact* log p_1 of the latent) is exact to solver accuracy; with the library's
     prior N(0, (alpha^2 + sigma^2) I) in place of p_1 it stays close (for VE the data's mean is off-centre by a
