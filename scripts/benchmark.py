@@ -160,16 +160,22 @@ def sampler_rows(quick: bool) -> list[tuple[str, str, str, str]]:
     model = ExactModel(mixture, schedule, "eps")
     err = lambda x: float((x.double() - ref).pow(2).sum(1).mean().sqrt())  # noqa: E731
     theirs = diffusers_dpmpp(x_T, schedule, 10)
-    ours = {"karras": err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False)),
-            "optimised": err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False,
-                                             sigmas=optimise_schedule(mixture, schedule, 10, "dpmpp_2m").sigmas))}
+    ours = {grid: err(dpmpp_2m_sample(model, x_T, schedule, 10, grid=grid, progress=False))
+            for grid in ("logsnr", "time_uniform", "karras")}
+    ours["default"] = err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False))
+    ours["optimised"] = err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False,
+                                            sigmas=optimise_schedule(mixture, schedule, 10, "dpmpp_2m").sigmas))
     if theirs is None:
         rows.append(("DPM-Solver++(2M) 10 NFE vs diffusers", "diffusers missing", "", ""))
     else:
         t = err(theirs)
         rows.append(("DPM++(2M) 10 NFE: diffusers (linspace)", f"RMS {t:.3e}", "reference", ""))
-        rows.append(("DPM++(2M) 10 NFE: ours, Karras rho=7", f"RMS {ours['karras']:.3e}",
-                     f"ratio {ours['karras'] / t:.2f} (need <= 1)", ""))
+        rows.append(("DPM++(2M) 10 NFE: ours, default grid", f"RMS {ours['default']:.3e}",
+                     f"ratio {ours['default'] / t:.2f} (need <= 1)", ""))
+        for grid, label in (("logsnr", "logSNR-uniform"), ("time_uniform", "time-uniform"),
+                            ("karras", "Karras rho=7")):
+            rows.append((f"DPM++(2M) 10 NFE: ours, grid={grid!r}", f"RMS {ours[grid]:.3e}",
+                         f"ratio {ours[grid] / t:.2f}", label))
         rows.append(("DPM++(2M) 10 NFE: ours, DP-optimised", f"RMS {ours['optimised']:.3e}",
                      f"{100 * (1 - ours['optimised'] / t):.0f}% lower (need >= 20%)", ""))
     rows += per_step_overhead()

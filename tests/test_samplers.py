@@ -14,7 +14,7 @@ from diffedu.ddim import ddim_invert, ddim_sample, slerp, spaced_indices
 from diffedu.ddpm import ddpm_sample
 from diffedu.predictions import predict_x0_eps, predict_x0_eps_at
 from diffedu.samplers import (discrete_sigmas, dpmpp_2m_sample, euler_sample, heun_sample, karras_sigmas,
-                              plms_sample, sigma_range, sigma_tilde, time_of_sigma)
+                              plms_sample, sigma_grid, sigma_range, sigma_tilde, time_of_sigma)
 from diffedu.schedules import VE, VPCosine, VPLinear, cosine_schedule, linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture, gaussian
 
@@ -182,6 +182,46 @@ def test_predict_x0_eps_at_is_predict_x0_eps_with_known_coefficients(kind):
             assert torch.allclose(fast, ref, rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError, match="shape"):
         predict_x0_eps_at(lambda x, t, cond=None: x[:1], x, 0.5, 0.7, 0.7)
+
+
+@pytest.mark.parametrize("schedule", [SCHED, cosine_schedule(200), VPLinear(), VE(0.01, 50.0)],
+                         ids=["linear", "cosine", "vp", "ve"])
+def test_sigma_grids(schedule):
+    lo, hi = sigma_range(schedule)
+    for K in (1, 4, 10):
+        grids = {g: sigma_grid(schedule, K, g) for g in ("logsnr", "time_uniform", "karras")}
+        for g, sig in grids.items():
+            assert sig.dtype == F64 and sig.shape == (K + 1,) and sig[-1] == 0 and bool((sig.diff() < 0).all()), g
+        assert torch.allclose(grids["karras"], karras_sigmas(K, lo, hi))
+        # logsnr: K + 1 equal steps in log sigma~ from sigma~_max to sigma~_min, the last replaced by 0
+        log_s = torch.log(grids["logsnr"][:-1])
+        assert log_s[0].item() == pytest.approx(math.log(hi))
+        assert torch.allclose(log_s.diff(), torch.full((K - 1,), (math.log(lo) - math.log(hi)) / K, dtype=F64))
+        # time_uniform: equally spaced times from t_max, so t_{K-1} = t_max / K
+        t = time_of_sigma(schedule, grids["time_uniform"][:-1])
+        assert torch.allclose(t, torch.linspace(1.0, 0.0, K + 1, dtype=F64)[:-1], atol=1e-10)
+    with pytest.raises(ValueError, match="grid"):
+        sigma_grid(schedule, 4, "cosine")
+
+
+def test_dpmpp_2m_default_grid_beats_diffusers_default_steps():
+    """The default 'logsnr' grid (10 NFE) against diffusers' default DPMSolverMultistepScheduler steps ('linspace':
+    K + 1 rounded times from t_N, the last dropped, then sigma = 0), run by our solver (the same as diffusers'
+    up to 1e-6, tests/test_crosscheck_diffusers.py) on an 8-Gaussian mixture with its exact flow's endpoint."""
+    from diffedu.benchmark import reference_endpoint
+    from diffedu.toy import eight_gaussians
+    mixture, K = eight_gaussians(), 10
+    x_T = noise(15, (128, 2))
+    ref, _ = reference_endpoint(mixture, SCHED, x_T)
+    model = ExactModel(mixture, SCHED)
+    default = dpmpp_2m_sample(model, x_T, SCHED, K, progress=False)
+    assert torch.equal(default, dpmpp_2m_sample(model, x_T, SCHED, K, sigmas=sigma_grid(SCHED, K, "logsnr"),
+                                                progress=False))
+    k = torch.round(torch.linspace(0, SCHED.N - 1, K + 1, dtype=F64)).long().flip(0)[:-1]  # diffusers' timesteps
+    theirs = dpmpp_2m_sample(model, x_T, SCHED, K, sigmas=discrete_sigmas(SCHED, k + 1), progress=False)
+    rms = lambda x: (x - ref).pow(2).sum(1).mean().sqrt().item()  # noqa: E731
+    assert rms(default) < 0.8 * rms(theirs), (rms(default), rms(theirs))
+    assert rms(dpmpp_2m_sample(model, x_T, SCHED, K, grid="karras", progress=False)) > rms(default)
 
 
 def gaussian_run(sampler, schedule, K, x_T, **kw):
