@@ -99,7 +99,7 @@ def time_of_sigma(schedule: NoiseSchedule, sigmas: Tensor | float) -> Tensor:
         raise ValueError("sigmas must be positive to have a time (sigma~ = 0 is the data itself)")
     if isinstance(schedule, VE):
         return schedule.time_of_sigma(s)
-    lo_s, hi_s = abs(float(sigma_tilde(schedule, 0.0))), float(sigma_tilde(schedule, 1.0))
+    lo_s, hi_s = sigma_tilde(schedule, torch.tensor([0.0, 1.0], dtype=torch.float64)).abs().tolist()
     if s.numel() and (float(s.max()) > hi_s * (1 + 1e-12) or float(s.min()) < lo_s * (1 - 1e-12)):
         raise ValueError(f"sigmas must lie in the schedule's range [{lo_s:.6g}, {hi_s:.6g}], got values in "
                          f"[{float(s.min()):.6g}, {float(s.max()):.6g}]")
