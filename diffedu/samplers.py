@@ -200,13 +200,13 @@ def euler_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: i
     """
     check_finite("x_T", x_T)
     D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho))
-    sig = D.sigma_tildes  # Python floats
     x = D.to_tilde(x_T, 0)  # x~_0
     trajectory, x0_preds = [x_T.cpu()], []
     for k in tqdm(range(steps), disable=not progress, desc="Euler sampling"):
+        s, s_next = D.sigma_tildes[k], D.sigma_tildes[k + 1]  # Python floats
         denoised = D(x, k)
-        d = (x - denoised) / sig[k]
-        x = x + (sig[k + 1] - sig[k]) * d
+        d = (x - denoised) / s
+        x = x + (s_next - s) * d
         if return_trajectory:
             trajectory.append(D.to_x(x, k + 1).cpu())
             x0_preds.append(denoised.cpu())
