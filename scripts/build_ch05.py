@@ -274,12 +274,14 @@ md(r"""
 ## 5.4 DPM-Solver++(2M): exact where it can be
 
 The ODE has a linear part that the solvers above approximate too. {cite:t}`lu2022dpmsolverpp` integrate it
-exactly. In $\lambda$ (with $\tilde\sigma = e^{-\lambda/2}$ we write $h$ for a step in $\log(\alpha/\sigma) =
--\log\tilde\sigma$), the variation-of-constants formula gives, exactly,
+exactly. Change the clock to $\ell = \log(\alpha/\sigma) = -\log\tilde\sigma = \lambda/2$ (Lu et al. call it
+$\lambda$: half our log-SNR). Then $d\tilde\sigma = -\tilde\sigma\, d\ell$, the ODE becomes
+$d\tilde x/d\ell = D - \tilde x$, and the variation-of-constants formula gives, exactly, with
+$h_k = \ell_{k+1} - \ell_k$ and $e^{-h_k} = \tilde\sigma_{k+1}/\tilde\sigma_k$,
 
 $$
-\tilde x_{k+1} = \frac{\tilde\sigma_{k+1}}{\tilde\sigma_k}\, \tilde x_k
-+ \int_{\lambda_k}^{\lambda_{k+1}} e^{-(\lambda_{k+1} - \lambda)}\, D(\tilde x_\lambda; \lambda)\, d\lambda .
+\tilde x_{k+1} = e^{-h_k}\, \tilde x_k
++ \int_{\ell_k}^{\ell_{k+1}} e^{-(\ell_{k+1} - \ell)}\, D(\tilde x_\ell; \ell)\, d\ell .
 $$
 
 Only the denoiser must be approximated, and it is the smoothest thing in sight: it varies between the cluster
@@ -398,8 +400,8 @@ md(r"""
 DPM-Solver++(2M) close to second order (1.9–2.4; PLMS's fourth-order formula is held back by its warm-up and
 its first-order final jump). DPM-Solver++(2M) is the best ODE solver at every budget, 2–4 times better than
 DDIM at 10–20 calls. Heun is the worst at 5–10 calls: with $K = 3$–5 steps on Karras' grid it crosses the
-band where clusters are chosen in one or two steps and sends points to the wrong cluster (an RMS error of 3 is
-a jump across the circle of radius 2). From 50 calls on it overtakes the first-order solvers. The DP grids
+band where clusters are chosen in one or two steps, and its correction, evaluated after a jump over the
+whole bend, throws points far off (RMS errors of 3 to 7, on data that lie on a circle of radius 2). From 50 calls on it overtakes the first-order solvers. The DP grids
 (dashed) halve the error of DDIM, Euler and DPM-Solver++ at 5–10 calls, and rescue Heun. (DDIM and Euler coincide on the DP grid: in $\tilde\sigma$ DDIM's step is exactly
 Euler's, chapter 4. Their default grids differ.) PLMS on a DP grid is
 far *worse* at 5–10 calls: its Adams–Bashforth weights assume equal steps, and the grid was optimised for
