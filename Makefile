@@ -22,8 +22,9 @@ install: $(VENV)/.installed
 book: install
 	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
 
+# Two xdist workers on two cores: one torch thread each (two threads per process thrash a 2-core machine).
 test: install
-	DIFFEDU_STATIC=1 $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-sanitize-with tests/sanitize.cfg \
+	OMP_NUM_THREADS=1 DIFFEDU_STATIC=1 $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-sanitize-with tests/sanitize.cfg \
 		tests chapters $(PYTEST_ARGS)
 
 student: install
