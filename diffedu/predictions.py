@@ -93,12 +93,7 @@ def predict_x0_eps(model: Callable, x_t: Tensor, t: Tensor | float, schedule: No
     check_batch_time("x_t", x_t, "t", t)
     alpha, sigma = schedule.coefficients(t, x_t)  # each (B, 1, ...), or scalars when t is one time for all
     pred = model(x_t, t.expand(x_t.shape[0]).to(device=x_t.device, dtype=x_t.dtype), cond)  # (B, ...)
-    if pred.shape != x_t.shape:
-        raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(pred.shape)}")
-    kind = prediction_of(model)
-    x0 = to_x0(pred, kind, x_t, alpha, sigma)
-    eps = pred if kind == "eps" else to_eps(pred, kind, x_t, alpha, sigma)
-    return x0, eps
+    return _x0_and_eps(model, pred, x_t, alpha, sigma)
 
 
 def predict_x0_eps_at(model: Callable, x_t: Tensor, t: float, alpha: float, sigma: float,
@@ -110,6 +105,12 @@ def predict_x0_eps_at(model: Callable, x_t: Tensor, t: float, alpha: float, sigm
     a schedule evaluation. x_t (B, ...) is checked once by the sampler (x_T), not at every call.
     """
     pred = model(x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=x_t.dtype), cond)  # (B, ...)
+    return _x0_and_eps(model, pred, x_t, alpha, sigma)
+
+
+def _x0_and_eps(model: Callable, pred: Tensor, x_t: Tensor, alpha: Tensor | float,
+                sigma: Tensor | float) -> tuple[Tensor, Tensor]:
+    """(x0-hat, eps-hat) from the raw output ``pred`` of ``model``, whatever it predicts."""
     if pred.shape != x_t.shape:
         raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(pred.shape)}")
     kind = prediction_of(model)
