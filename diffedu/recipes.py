@@ -21,6 +21,7 @@ import torch
 from .data import DIGITS_LEVELS, load_digits
 from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
 from .metrics import digits_classifier, frechet_distance
+from .guidance import ClassifierFreeGuidance, drop_labels
 from .ncsn import annealed_langevin, dsm_loss, geometric_sigmas
 from .nets import InputScaled, UNet
 from .pretrained import register_checkpoint
@@ -174,7 +175,85 @@ def ncsn_digits(cfg: DigitsNCSNConfig, out: str | None = None, device: str | Non
                                directory=out)
 
 
-RECIPES = {"ddpm_digits": (ddpm_digits, DigitsDDPMConfig), "ncsn_digits": (ncsn_digits, DigitsNCSNConfig)}
+@dataclass
+class DigitsCFGConfig(DigitsDDPMConfig):
+    """The cfg_digits recipe: chapter 1's DDPM made class-conditional, with condition dropout for CFG.
+
+    Ho & Salimans (2022) drop the label with p_uncond = 0.1-0.2; the null label is id 10. Evaluation samples
+    eval_per_class digits of every class by ancestral sampling (eval_steps) at guidance scale eval_scale (s, where
+    s = 1 is the plain conditional model) and reads them with the digits classifier.
+    """
+
+    steps: int = 8_000
+    p_uncond: float = 0.15
+    eval_per_class: int = 20
+    eval_steps: int = 100
+    eval_scale: float = 2.0
+
+
+def digits_cfg_unet(cfg: DigitsCFGConfig) -> UNet:
+    """The digits UNet with a class embedding for labels 0-9 and the null label 10."""
+    return UNet(in_channels=1, base_channels=cfg.base_channels, channel_mults=cfg.channel_mults,
+                dropout=cfg.dropout, num_classes=10, prediction="eps")
+
+
+@torch.no_grad()
+def evaluate_cfg_digits(model: torch.nn.Module, cfg: DigitsCFGConfig,
+                        device: torch.device | str | None = None) -> dict[str, float]:
+    """Accuracy of the digits classifier on CFG samples at eval_scale, and at s = 0 and 1, plus pixel FD."""
+    device = pick_device(device)
+    schedule = linear_schedule(N=cfg.N)
+    y = torch.arange(10, device=device).repeat_interleave(cfg.eval_per_class)  # (10 * per_class,)
+    reader = digits_classifier()
+    test = load_digits(split="test")
+    flat = lambda x: x.reshape(len(x), -1)
+    out = {}
+    for s in (0.0, 1.0, cfg.eval_scale):
+        g = torch.Generator(device=device).manual_seed(cfg.seed)
+        x_T = torch.randn(len(y), 1, 8, 8, generator=g, device=device)
+        guided = ClassifierFreeGuidance(model, s, null_label=10)
+        x = ddpm_sample(guided, x_T, schedule, steps=cfg.eval_steps, cond=y, clip_x0=True, generator=g,
+                        progress=False).cpu()
+        out[f"accuracy_s{s:g}"] = reader.accuracy(x, y.cpu())
+        out[f"pixel_fd_s{s:g}"] = frechet_distance(flat(x), flat(test.x))
+    return out
+
+
+def cfg_digits(cfg: DigitsCFGConfig, out: str | None = None, device: str | None = None,
+               name: str = "cfg_digits") -> dict:
+    """Train, measure and register the class-conditional digits DDPM of the guidance chapters."""
+    seed_everything(cfg.seed)
+    device = pick_device(device)
+    data = load_digits(size=8, split="train")
+    schedule = linear_schedule(N=cfg.N)
+    model = digits_cfg_unet(cfg)
+
+    def loss_fn(m, batch, g):
+        x, y = batch
+        return ddpm_loss(m, x, schedule, cond=drop_labels(y, cfg.p_uncond, 10, generator=g), generator=g)
+
+    result = train(model, loss_fn, (data.x, data.y), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                   warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, device=device,
+                   seed=cfg.seed, progress=True, log_every=1000)
+    start = time.perf_counter()
+    metrics = evaluate_cfg_digits(result.ema_model, cfg, device=device)
+    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
+    command = f"python -m diffedu.recipes {name}" + ("" if cfg.steps == DigitsCFGConfig.steps
+                                                     else f" --steps {cfg.steps}")
+    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), "schedule": "linear(N=1000)",
+                    "loss": "ddpm_loss eps with condition dropout (Ho & Salimans 2022)",
+                    "data": "sklearn digits 8x8, train split, labels 0-9 (null label 10)",
+                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
+                    "eval": metrics}
+    key = f"accuracy_s{cfg.eval_scale:g}"
+    return register_checkpoint(name, result.ema_model, recipe="diffedu.recipes.cfg_digits", command=command,
+                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
+                               wall_time_s=result.wall_time_s, metric=(key, round(metrics[key], 3)),
+                               directory=out)
+
+
+RECIPES = {"ddpm_digits": (ddpm_digits, DigitsDDPMConfig), "ncsn_digits": (ncsn_digits, DigitsNCSNConfig),
+           "cfg_digits": (cfg_digits, DigitsCFGConfig)}
 
 
 def main(argv: list[str] | None = None) -> None:
