@@ -175,7 +175,7 @@ class ExactModel(nn.Module):
     """A perfect 'network' for a GaussianMixture: ``net(x, t, cond=None)`` returns the exact prediction.
 
     It predicts ``prediction`` (eps, x0, v or score) under ``schedule``; ``cond`` (B,) picks a component, giving
-    the exact *conditional* model p(x0 | k). Output has x's dtype and device; the maths runs in float64 on the CPU.
+    the exact *conditional* model p(x0 | k); the id K (the null label) gives the unconditional model in that row. Output has x's dtype and device; the maths runs in float64 on the CPU.
     The output is differentiable with respect to x (autograd flows through the closed form), so divergences and
     Jacobians of a perfect model (``diffedu.sde.log_likelihood``) are exact too.
     """
@@ -191,7 +191,14 @@ class ExactModel(nn.Module):
             t = t[:1]  # one time for the whole batch: compute the schedule once
         x64 = x.cpu().to(torch.float64)  # (B, D); not detached, so gradients reach x
         alpha, sigma = self.schedule.alpha(t), self.schedule.sigma(t)  # (B,) or (1,) each
-        x0 = self.mixture.denoise(x64, alpha, sigma, component=None if cond is None else cond.cpu())
+        null = None if cond is None else torch.as_tensor(cond).cpu() == self.mixture.K  # (B,): the null label K
+        if null is None or bool(null.all()):
+            x0 = self.mixture.denoise(x64, alpha, sigma)  # (B, D), unconditional
+        else:
+            cond = torch.as_tensor(cond).cpu()
+            x0 = self.mixture.denoise(x64, alpha, sigma, component=torch.where(null, 0, cond))  # (B, D)
+            if bool(null.any()):  # rows with the null label (classifier-free guidance) stay unconditional
+                x0 = torch.where(null[:, None], self.mixture.denoise(x64, alpha, sigma), x0)
         out = convert(x0, "x0", self.prediction, x64, alpha[:, None], sigma[:, None])
         return out.to(device=x.device, dtype=x.dtype)
 
