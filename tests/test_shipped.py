@@ -8,10 +8,11 @@ import torch
 from diffedu.ddpm import ddpm_loss
 from diffedu.pretrained import MAX_CHECKPOINT_BYTES, checkpoint_dir, load_pretrained, read_manifest
 from diffedu.ncsn import dsm_loss
-from diffedu.recipes import DigitsDDPMConfig, DigitsNCSNConfig, ddpm_digits, ncsn_digits
+from diffedu.recipes import (DigitsCFGConfig, DigitsDDPMConfig, DigitsNCSNConfig, cfg_digits, ddpm_digits,
+                             ncsn_digits)
 from diffedu.schedules import VE, linear_schedule
 
-SHIPPED = ["ddpm_digits", "ncsn_digits"]
+SHIPPED = ["ddpm_digits", "ncsn_digits", "cfg_digits"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -51,6 +52,22 @@ def test_shipped_ncsn_model_matches_the_noised_scores():
         loss = dsm_loss(model, test.x, schedule, generator=torch.Generator().manual_seed(0)).item()
     assert loss < 0.3
     assert cfg["eval"]["confident_fraction"] > 0.5
+
+
+def test_shipped_cfg_model_follows_its_labels():
+    """The recorded evaluation: guided samples are read as their label far more often than unguided ones."""
+    ev = read_manifest()["cfg_digits"]["train_config"]["eval"]
+    assert ev["accuracy_s0"] < 0.3  # s = 0 ignores the label: about chance (0.1)
+    assert ev["accuracy_s2"] > ev["accuracy_s1"] > ev["accuracy_s0"]
+    model = load_pretrained("cfg_digits")
+    assert model.config["num_classes"] == 10
+
+
+@pytest.mark.slow
+def test_cfg_recipe_runs_end_to_end_into_a_temporary_folder(tmp_path):
+    entry = cfg_digits(DigitsCFGConfig(steps=3, eval_per_class=1, eval_steps=2), out=str(tmp_path), device="cpu")
+    assert entry["command"] == "python -m diffedu.recipes cfg_digits --steps 3"
+    assert set(entry["train_config"]["eval"]) >= {"accuracy_s0", "accuracy_s1", "accuracy_s2", "pixel_fd_s2"}
 
 
 @pytest.mark.slow
