@@ -31,8 +31,8 @@ from .utils import pick_device, seed_everything
 
 
 @dataclass
-class DigitsDDPMConfig:
-    """The ddpm_digits recipe: Ho et al.'s linear 1000-step chain on sklearn's 8x8 digits, eps-prediction."""
+class DigitsTrainConfig:
+    """What every digits recipe shares: the optimiser, the EMA, the two-level UNet, the seed."""
 
     steps: int = 12_000
     batch_size: int = 128
@@ -43,12 +43,18 @@ class DigitsDDPMConfig:
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2)
     dropout: float = 0.1
-    N: int = 1000
     seed: int = 0
     eval_samples: int = 200
 
 
-def digits_unet(cfg: DigitsDDPMConfig) -> UNet:
+@dataclass
+class DigitsDDPMConfig(DigitsTrainConfig):
+    """The ddpm_digits recipe: Ho et al.'s linear 1000-step chain on sklearn's 8x8 digits, eps-prediction."""
+
+    N: int = 1000
+
+
+def digits_unet(cfg: DigitsTrainConfig) -> UNet:
     """The network of the digits recipes: a two-level UNet with attention at 4x4."""
     return UNet(in_channels=1, base_channels=cfg.base_channels, channel_mults=cfg.channel_mults,
                 dropout=cfg.dropout, prediction="eps")
@@ -99,7 +105,7 @@ def ddpm_digits(cfg: DigitsDDPMConfig, out: str | None = None, device: str | Non
 
 
 @dataclass
-class DigitsNCSNConfig:
+class DigitsNCSNConfig(DigitsTrainConfig):
     """The ncsn_digits recipe: a VE score model (sigma 0.01 -> 10) on 8x8 digits, sampled by annealed Langevin.
 
     sigma_max = 10 is just above the largest distance between two training digits (9.6; Song & Ermon 2020,
@@ -107,19 +113,9 @@ class DigitsNCSNConfig:
     """
 
     steps: int = 6_000
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2)
-    dropout: float = 0.1
     sigma_min: float = 0.01
     sigma_max: float = 10.0
     sigma_data: float = 0.75
-    seed: int = 0
-    eval_samples: int = 200
     eval_levels: int = 20
     eval_steps_each: int = 20
     eval_epsilon: float = 2e-5
