@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 
@@ -26,7 +27,7 @@ from .ncsn import annealed_langevin, dsm_loss, geometric_sigmas
 from .nets import InputScaled, UNet
 from .pretrained import register_checkpoint
 from .schedules import VE, linear_schedule
-from .train import train
+from .train import TrainResult, train
 from .utils import pick_device, seed_everything
 
 
@@ -78,6 +79,33 @@ def evaluate_digits_model(model: torch.nn.Module, num_samples: int, seed: int = 
             "test_bpd": float(bpd.mean()), **reader}
 
 
+def train_digits(model: torch.nn.Module, loss_fn, data, cfg: DigitsTrainConfig, device) -> TrainResult:
+    """``train`` with a digits recipe's optimiser, EMA and seed settings (logging every 1000 steps)."""
+    return train(model, loss_fn, data, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                 warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, device=device,
+                 seed=cfg.seed, progress=True, log_every=1000)
+
+
+def register_digits(name: str, recipe: Callable, cfg: DigitsTrainConfig, result: TrainResult,
+                    metrics: dict[str, float], metric: str, out: str | None, *, schedule: str, loss: str,
+                    data: str) -> dict:
+    """Register the EMA model of digits ``recipe`` with its command, config, training data and metrics.
+
+    The command names ``--steps`` only when it differs from the recipe's default; ``metric`` is the key of
+    ``metrics`` the manifest shows.
+    """
+    command = f"python -m diffedu.recipes {name}" + ("" if cfg.steps == type(cfg)().steps
+                                                     else f" --steps {cfg.steps}")
+    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), "schedule": schedule, "loss": loss,
+                    "data": data,
+                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
+                    "eval": metrics}
+    return register_checkpoint(name, result.ema_model, recipe=f"diffedu.recipes.{recipe.__name__}", command=command,
+                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
+                               wall_time_s=result.wall_time_s, metric=(metric, round(metrics[metric], 3)),
+                               directory=out)
+
+
 def ddpm_digits(cfg: DigitsDDPMConfig, out: str | None = None, device: str | None = None,
                 name: str = "ddpm_digits") -> dict:
     """Train, measure and register the chapter 1 digits DDPM."""
@@ -86,22 +114,12 @@ def ddpm_digits(cfg: DigitsDDPMConfig, out: str | None = None, device: str | Non
     data = load_digits(size=8, split="train")
     schedule = linear_schedule(N=cfg.N)
     model = digits_unet(cfg)
-    result = train(model, lambda m, x, g: ddpm_loss(m, x, schedule, generator=g), data.x, steps=cfg.steps,
-                   batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
-                   grad_clip=cfg.grad_clip, device=device, seed=cfg.seed, progress=True, log_every=1000)
+    result = train_digits(model, lambda m, x, g: ddpm_loss(m, x, schedule, generator=g), data.x, cfg, device)
     start = time.perf_counter()
     metrics = evaluate_digits_model(result.ema_model, cfg.eval_samples, seed=cfg.seed, device=device)
     print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    command = f"python -m diffedu.recipes {name}" + ("" if cfg.steps == DigitsDDPMConfig.steps
-                                                     else f" --steps {cfg.steps}")
-    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), "schedule": "linear(N=1000)",
-                    "loss": "ddpm_loss eps (Ho et al. eq. 14)", "data": "sklearn digits 8x8, train split",
-                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
-                    "eval": metrics}
-    return register_checkpoint(name, result.ema_model, recipe="diffedu.recipes.ddpm_digits", command=command,
-                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
-                               wall_time_s=result.wall_time_s, metric=("pixel_fd", round(metrics["pixel_fd"], 3)),
-                               directory=out)
+    return register_digits(name, ddpm_digits, cfg, result, metrics, "pixel_fd", out, schedule="linear(N=1000)",
+                           loss="ddpm_loss eps (Ho et al. eq. 14)", data="sklearn digits 8x8, train split")
 
 
 @dataclass
@@ -151,24 +169,14 @@ def ncsn_digits(cfg: DigitsNCSNConfig, out: str | None = None, device: str | Non
     data = load_digits(size=8, split="train")
     schedule = VE(cfg.sigma_min, cfg.sigma_max)
     model = digits_ncsn(cfg)
-    result = train(model, lambda m, x, g: dsm_loss(m, x, schedule, generator=g), data.x, steps=cfg.steps,
-                   batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay,
-                   grad_clip=cfg.grad_clip, device=device, seed=cfg.seed, progress=True, log_every=1000)
+    result = train_digits(model, lambda m, x, g: dsm_loss(m, x, schedule, generator=g), data.x, cfg, device)
     start = time.perf_counter()
     metrics = evaluate_ncsn_digits(result.ema_model, cfg, device=device)
     print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    command = f"python -m diffedu.recipes {name}" + ("" if cfg.steps == DigitsNCSNConfig.steps
-                                                     else f" --steps {cfg.steps}")
-    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults),
-                    "schedule": f"VE(sigma_min={cfg.sigma_min}, sigma_max={cfg.sigma_max})",
-                    "loss": "dsm_loss, lambda = sigma^2 (Song & Ermon 2019, eq. 6)",
-                    "data": "sklearn digits 8x8, train split",
-                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
-                    "eval": metrics}
-    return register_checkpoint(name, result.ema_model, recipe="diffedu.recipes.ncsn_digits", command=command,
-                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
-                               wall_time_s=result.wall_time_s, metric=("pixel_fd", round(metrics["pixel_fd"], 3)),
-                               directory=out)
+    return register_digits(name, ncsn_digits, cfg, result, metrics, "pixel_fd", out,
+                           schedule=f"VE(sigma_min={cfg.sigma_min}, sigma_max={cfg.sigma_max})",
+                           loss="dsm_loss, lambda = sigma^2 (Song & Ermon 2019, eq. 6)",
+                           data="sklearn digits 8x8, train split")
 
 
 @dataclass
@@ -228,24 +236,13 @@ def cfg_digits(cfg: DigitsCFGConfig, out: str | None = None, device: str | None 
         x, y = batch
         return ddpm_loss(m, x, schedule, cond=drop_labels(y, cfg.p_uncond, 10, generator=g), generator=g)
 
-    result = train(model, loss_fn, (data.x, data.y), steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                   warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, device=device,
-                   seed=cfg.seed, progress=True, log_every=1000)
+    result = train_digits(model, loss_fn, (data.x, data.y), cfg, device)
     start = time.perf_counter()
     metrics = evaluate_cfg_digits(result.ema_model, cfg, device=device)
     print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    command = f"python -m diffedu.recipes {name}" + ("" if cfg.steps == DigitsCFGConfig.steps
-                                                     else f" --steps {cfg.steps}")
-    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), "schedule": "linear(N=1000)",
-                    "loss": "ddpm_loss eps with condition dropout (Ho & Salimans 2022)",
-                    "data": "sklearn digits 8x8, train split, labels 0-9 (null label 10)",
-                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
-                    "eval": metrics}
-    key = f"accuracy_s{cfg.eval_scale:g}"
-    return register_checkpoint(name, result.ema_model, recipe="diffedu.recipes.cfg_digits", command=command,
-                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
-                               wall_time_s=result.wall_time_s, metric=(key, round(metrics[key], 3)),
-                               directory=out)
+    return register_digits(name, cfg_digits, cfg, result, metrics, f"accuracy_s{cfg.eval_scale:g}", out,
+                           schedule="linear(N=1000)", loss="ddpm_loss eps with condition dropout (Ho & Salimans 2022)",
+                           data="sklearn digits 8x8, train split, labels 0-9 (null label 10)")
 
 
 RECIPES = {"ddpm_digits": (ddpm_digits, DigitsDDPMConfig), "ncsn_digits": (ncsn_digits, DigitsNCSNConfig),
