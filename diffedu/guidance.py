@@ -35,10 +35,12 @@ Tensor = torch.Tensor
 
 
 def drop_labels(y: Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None) -> Tensor:
-    """Condition dropout: each label of y (B,) becomes ``null_label`` with probability ``p_uncond``."""
+    """Condition dropout: each row of y becomes ``null_label`` with probability ``p_uncond``. y is (B,) class ids,
+    or (B, T) token ids of captions, whose dropped rows become all ``null_label`` (the empty caption)."""
     p_uncond = check_scalar("p_uncond", p_uncond, 0.0, 1.0)
     null_label = check_int("null_label", null_label, 0)
-    drop = torch.rand(y.shape, generator=generator, device=y.device) < p_uncond  # (B,)
+    drop = torch.rand(y.shape[:1], generator=generator, device=y.device) < p_uncond  # (B,)
+    drop = drop.reshape(-1, *[1] * (y.dim() - 1))                                # (B, 1, ...): whole rows
     return torch.where(drop, torch.full_like(y, null_label), y)
 
 
@@ -49,13 +51,16 @@ def check_scale(scale: float) -> float:
 
 def check_labels(cond: Tensor | None, batch: int, high: int | None, what: str) -> Tensor:
     """Raise unless ``cond`` is an integer tensor (batch,) of class ids in [0, high] (high=None: shape and type
-    only, the range is checked later); ``what`` names the wrapper in the message."""
+    only, the range is checked later) or (batch, T) of token ids (checked by the text model); ``what`` names the
+    wrapper in the message."""
     if cond is None:
         ids = f" in [0, {high}]" if high is not None else ""
         raise ValueError(f"cond must be a ({batch},) tensor of class ids{ids} for {what}, got None")
-    if not torch.is_tensor(cond) or cond.shape != (batch,) or cond.is_floating_point() or cond.dtype == torch.bool:
+    if (not torch.is_tensor(cond) or cond.dim() not in (1, 2) or cond.shape[0] != batch or cond.is_floating_point()
+            or cond.dtype == torch.bool):
         shape = tuple(cond.shape) if torch.is_tensor(cond) else type(cond).__name__
-        raise ValueError(f"cond must be an integer tensor of shape ({batch},) for {what}, got {shape}")
+        raise ValueError(f"cond must be an integer tensor of shape ({batch},) (class ids) or ({batch}, T) (token "
+                         f"ids) for {what}, got {shape}")
     if high is not None and batch and (int(cond.min()) < 0 or int(cond.max()) > high):
         raise ValueError(f"cond (class ids) must lie in [0, {high}] for {what}, got values in "
                          f"[{int(cond.min())}, {int(cond.max())}]")
@@ -75,7 +80,8 @@ class ClassifierFreeGuidance(nn.Module):
     prediction type (for eps, x0, v and score it is the same guided model, as each is an affine function of the
     score at fixed x, t). Both predictions come from one batched call of 2B rows. ``scale`` is s (s = 1 + w in
     Ho & Salimans' w). ``cond`` (B,) holds class ids in [0, null_label]; the null label itself gives the
-    unconditional prediction whatever s is.
+    unconditional prediction whatever s is. For a text model ``cond`` is (B, T) token ids and the null condition is
+    every token set to ``null_label`` (the ``<pad>`` id: the empty caption).
     """
 
     def __init__(self, model: nn.Module, scale: float, null_label: int):
@@ -88,9 +94,11 @@ class ClassifierFreeGuidance(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         check_finite("x", x)
         B = x.shape[0]
-        cond = check_labels(cond, B, self.null_label, "classifier-free guidance")
+        cond = check_labels(cond, B, None, "classifier-free guidance")
+        if cond.dim() == 1:  # class ids; token ids (B, T) are checked by the text model
+            check_labels(cond, B, self.null_label, "classifier-free guidance")
         t = _batch_times(t, x)                                                             # (B,)
-        null = torch.full_like(cond, self.null_label)                                      # (B,)
+        null = torch.full_like(cond, self.null_label)                                      # (B,) or (B, T)
         out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))  # (2B, ...)
         out_c, out_u = out[:B], out[B:]
         return out_u + self.scale * (out_c - out_u)  # s = 0 gives out_u exactly, s = 1 out_c up to rounding

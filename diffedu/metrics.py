@@ -7,10 +7,13 @@
   distributions agree: 2 E|X - Y| - E|X - X'| - E|Y - Y'|.
 * ``DigitsClassifier``: a logistic-regression reader of 8x8 digits (scikit-learn), trained on the training split,
   to say which digit a sample looks like and how sure it is.
+* ``DigitsFeatureClassifier``: a small MLP reader of 8x8 digits whose last hidden layer is a feature space; the
+  Fréchet distance between feature sets is the book's FID-like measure (guidance chapter).
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -94,3 +97,95 @@ class DigitsClassifier:
 def digits_classifier(seed: int = 0) -> DigitsClassifier:
     """A cached ``DigitsClassifier`` (training it takes about a second)."""
     return DigitsClassifier(seed)
+
+
+class DigitsFeatureClassifier:
+    """A small multilayer perceptron reading 8x8 digits, whose last hidden layer is a *feature space*.
+
+    FID (Heusel et al. 2017) compares two image sets through the activations of a classifier (Inception's last
+    pooling layer), where distances follow what a digit *looks like* more than raw pixels do. This is the same
+    idea at the book's scale: an MLP 64 -> 128 -> 32 -> 10 with ReLU units (scikit-learn's ``MLPClassifier``,
+    Adam, L2 penalty ``alpha``, seeded), trained on the training split of the digits (images in [-1, 1]).
+
+        h1 = relu(W1 x + b1)   (128,)      h2 = relu(W2 h1 + b2)   (32,) = features(x)
+        p(y | x) = softmax(W3 h2 + b3)     (10,)
+
+    ``features`` recomputes h2 from the fitted weights, so the classifier's logits are an affine function of
+    exactly these features; ``frechet_distance`` is the Fréchet distance between Gaussians fitted to two sets of
+    features, the "FD in classifier feature space" of the guidance chapter. About 98 % accurate on the
+    held-out split (trained in about 2 s on one CPU thread).
+    """
+
+    def __init__(self, seed: int = 0, hidden: tuple[int, ...] = (128, 32), alpha: float = 0.1):
+        from sklearn.neural_network import MLPClassifier
+
+        from .checks import check_int, check_scalar
+        from .data import load_digits
+
+        check_int("seed", seed, 0)
+        if len(hidden) == 0:
+            raise ValueError("hidden must name at least one hidden layer size, got ()")
+        for size in hidden:
+            check_int("hidden layer size", size, 1)
+        check_scalar("alpha", alpha, 0.0, math.inf, high_inclusive=False)
+        train = load_digits(size=8, split="train", seed=seed)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.model = MLPClassifier(hidden_layer_sizes=self.hidden, activation="relu", alpha=alpha,
+                                   max_iter=2000, random_state=seed)
+        self.model.fit(train.x.reshape(len(train), -1).double().numpy(), train.y.numpy())  # float64 weights
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the feature vector: the last hidden layer's width."""
+        return self.hidden[-1]
+
+    @staticmethod
+    def _pixels(x: Tensor | np.ndarray) -> np.ndarray:
+        """x (N, 1, 8, 8) or (N, 64) as a float64 array (N, 64); raises on NaN/inf, N = 0 or a wrong size."""
+        x = torch.as_tensor(np.asarray(x.detach().cpu() if torch.is_tensor(x) else x), dtype=torch.float64)
+        check_finite("x", x)
+        if x.dim() < 2 or x.shape[0] < 1:
+            raise ValueError(f"x must hold at least 1 image of shape (N, 1, 8, 8) or (N, 64), got {tuple(x.shape)}")
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != 64:
+            raise ValueError(f"x must be 8x8 digit images (N, 1, 8, 8), got {x.shape[1]} values per image")
+        return x.numpy()
+
+    def features(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """The last hidden layer's activations h2, shape (N, feature_dim)."""
+        h = self._pixels(x)                                                    # (N, 64)
+        for W, b in zip(self.model.coefs_[:-1], self.model.intercepts_[:-1]):
+            h = np.maximum(h @ W + b, 0.0)                                     # (N, width), ReLU
+        return h
+
+    def logits(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """W3 h2 + b3, shape (N, 10): the classifier's unnormalised log-probabilities."""
+        return self.features(x) @ self.model.coefs_[-1] + self.model.intercepts_[-1]
+
+    def predict_proba(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """Class probabilities p(y | x), shape (N, 10)."""
+        z = self.logits(x)
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
+
+    def predict(self, x: Tensor | np.ndarray) -> np.ndarray:
+        """The most probable digit, shape (N,)."""
+        return self.logits(x).argmax(1)
+
+    def accuracy(self, x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
+        """Fraction of images read as their label y (N,)."""
+        y = np.asarray(y.detach().cpu() if torch.is_tensor(y) else y).reshape(-1)
+        pred = self.predict(x)
+        if y.shape != pred.shape:
+            raise ValueError(f"y must hold one label per image, shape ({len(pred)},), got {y.shape}")
+        return float((pred == y).mean())
+
+    def frechet_distance(self, a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
+        """Fréchet distance between the Gaussians fitted to the features of image sets a and b (>= 2 each)."""
+        return frechet_distance(self.features(a), self.features(b))
+
+
+@lru_cache(maxsize=2)
+def digits_feature_classifier(seed: int = 0) -> DigitsFeatureClassifier:
+    """A cached ``DigitsFeatureClassifier`` (the guidance chapter's classifier and feature space)."""
+    return DigitsFeatureClassifier(seed)

@@ -23,10 +23,13 @@ from .data import DIGITS_LEVELS, load_digits
 from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
 from .metrics import digits_classifier, frechet_distance
 from .guidance import ClassifierFreeGuidance, drop_labels
+from .classifier_training import noisy_accuracy, noisy_classifier_loss
 from .ncsn import annealed_langevin, dsm_loss, geometric_sigmas
-from .nets import InputScaled, UNet
+from .ddim import ddim_sample
+from .nets import InputScaled, NoisyClassifier, TextToImageUNet, UNet
 from .pretrained import register_checkpoint
 from .schedules import VE, linear_schedule
+from .shapes import HELD_OUT, SIZES, VOCABULARY, ShapeSpec, make_shapes, shapes_probe
 from .train import TrainResult, train
 from .utils import pick_device, seed_everything
 
@@ -245,8 +248,161 @@ def cfg_digits(cfg: DigitsCFGConfig, out: str | None = None, device: str | None 
                            data="sklearn digits 8x8, train split, labels 0-9 (null label 10)")
 
 
+@dataclass
+class DigitsClassifierConfig(DigitsTrainConfig):
+    """The classifier_digits recipe: a noise-aware classifier p_phi(y | x_t, t) of the 8x8 digits for classifier
+    guidance (Dhariwal & Nichol 2021), trained on ddpm_digits' linear 1000-step chain with the cross-entropy of
+    ``noisy_classifier_loss``. It is the downsampling half of a small UNet (16 and 32 channels, attention at 4x4).
+    Evaluation: held-out accuracy on x_t at each of ``eval_times`` (t = 0 is the clean test set)."""
+
+    steps: int = 8_000
+    base_channels: int = 16
+    dropout: float = 0.1
+    N: int = 1000
+    eval_times: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def digits_noisy_classifier(cfg: DigitsClassifierConfig) -> NoisyClassifier:
+    """The digits classifier of chapter 10: the UNet's down path (base_channels, channel_mults) and a linear head."""
+    return NoisyClassifier(num_classes=10, in_channels=1, base_channels=cfg.base_channels,
+                           channel_mults=cfg.channel_mults, num_heads=2, dropout=cfg.dropout)
+
+
+@torch.no_grad()
+def evaluate_digits_classifier(model: torch.nn.Module, cfg: DigitsClassifierConfig,
+                               device: torch.device | str | None = None) -> dict[str, float]:
+    """Held-out accuracy of the noisy classifier at every t in ``cfg.eval_times`` (one noise draw, fixed seed)."""
+    device = pick_device(device)
+    schedule = linear_schedule(N=cfg.N)
+    test = load_digits(split="test")
+    out = {}
+    for t in cfg.eval_times:
+        g = torch.Generator(device=device).manual_seed(cfg.seed)
+        out[f"test_accuracy_t{t:g}"] = noisy_accuracy(model, test.x.to(device), test.y.to(device), schedule, t,
+                                                      generator=g)
+    return out
+
+
+def classifier_digits(cfg: DigitsClassifierConfig, out: str | None = None, device: str | None = None,
+                      name: str = "classifier_digits") -> dict:
+    """Train, measure and register the noise-aware digits classifier of chapter 10."""
+    seed_everything(cfg.seed)
+    device = pick_device(device)
+    data = load_digits(size=8, split="train")
+    schedule = linear_schedule(N=cfg.N)
+    model = digits_noisy_classifier(cfg)
+
+    def loss_fn(m, batch, g):
+        x, y = batch
+        return noisy_classifier_loss(m, x, y, schedule, generator=g)
+
+    result = train_digits(model, loss_fn, (data.x, data.y), cfg, device)
+    start = time.perf_counter()
+    metrics = evaluate_digits_classifier(result.ema_model, cfg, device=device)
+    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
+    return register_digits(name, classifier_digits, cfg, result, metrics, "test_accuracy_t0", out,
+                           schedule="linear(N=1000)",
+                           loss="noisy_classifier_loss: cross-entropy on x_t, i ~ U{1..N} (Dhariwal & Nichol 2021)",
+                           data="sklearn digits 8x8, train split, labels 0-9")
+
+
+@dataclass
+class TextShapesConfig(DigitsTrainConfig):
+    """The text_shapes recipe: a text-to-image DDPM on captioned coloured shapes (chapter 12).
+
+    A 16x16 RGB UNet (16, 32, 32 channels at 16x16, 8x8, 4x4) with cross-attention to a 2-layer Transformer text
+    encoder (32-dimensional tokens), both trained from scratch by the eps loss on the linear 1000-step chain;
+    captions are dropped (the empty caption) with p_uncond for CFG.
+    ``diffedu.shapes.HELD_OUT`` combinations are never shown; evaluation asks for them (and for training
+    combinations) and reads the samples with ``ShapesProbe``: eval_per_caption samples for each of the captions,
+    DDIM (eta = 0) with eval_steps steps at guidance scale eval_scale.
+    """
+
+    steps: int = 12_000
+    batch_size: int = 64
+    base_channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    dropout: float = 0.0
+    train_images: int = 20_000
+    text_dim: int = 32
+    text_layers: int = 2
+    p_uncond: float = 0.1
+    eval_per_caption: int = 8
+    eval_steps: int = 50
+    eval_scale: float = 3.0
+
+
+def text_shapes_unet(cfg: TextShapesConfig) -> TextToImageUNet:
+    """The chapter 12 net: a tiny text encoder feeding a two-level RGB UNet through cross-attention."""
+    return TextToImageUNet(vocabulary=VOCABULARY, max_len=10, text_dim=cfg.text_dim, text_layers=cfg.text_layers,
+                           text_heads=4, unet=dict(in_channels=3, base_channels=cfg.base_channels,
+                                                   channel_mults=cfg.channel_mults, dropout=cfg.dropout,
+                                                   prediction="eps"))
+
+
+def held_out_captions() -> list[str]:
+    """Captions of every HELD_OUT triple, without a size word and with each size (24 captions)."""
+    captions = []
+    for colour, shape, position in HELD_OUT:
+        captions += [ShapeSpec(shape, colour, position, size).caption(with_size=True) for size in SIZES]
+        captions.append(ShapeSpec(shape, colour, position, "small").caption(with_size=False))
+    return captions
+
+
+def seen_captions(count: int = 24, seed: int = 0) -> list[str]:
+    """``count`` captions of training combinations (distinct, seeded), for comparison with the held-out ones."""
+    return sorted(set(make_shapes(4 * count, split="train", seed=seed + 100).captions))[:count]
+
+
+@torch.no_grad()
+def evaluate_text_shapes(model: torch.nn.Module, cfg: TextShapesConfig,
+                         device: torch.device | str | None = None) -> dict[str, float]:
+    """Probe agreement of CFG samples with held-out and seen captions (per attribute, shape+colour, all)."""
+    device = pick_device(device)
+    schedule = linear_schedule()
+    probe = shapes_probe()
+    guided = ClassifierFreeGuidance(model, cfg.eval_scale, null_label=model.null_label)
+    out = {}
+    for split, captions in (("held_out", held_out_captions()), ("seen", seen_captions())):
+        captions = [c for c in captions for _ in range(cfg.eval_per_caption)]
+        g = torch.Generator(device=device).manual_seed(cfg.seed)
+        x_T = torch.randn(len(captions), 3, 16, 16, generator=g, device=device)
+        x = ddim_sample(guided, x_T, schedule, steps=cfg.eval_steps, cond=model.tokenize(captions),
+                        progress=False).cpu()
+        for key, value in probe.agreement(x, captions).items():
+            out[f"{split}_{key}"] = value
+    return out
+
+
+def text_shapes(cfg: TextShapesConfig, out: str | None = None, device: str | None = None,
+                name: str = "text_shapes") -> dict:
+    """Train, measure and register the text-to-image model of chapter 12."""
+    seed_everything(cfg.seed)
+    device = pick_device(device)
+    data = make_shapes(cfg.train_images, split="train", seed=cfg.seed)
+    schedule = linear_schedule()
+    model = text_shapes_unet(cfg)
+    tokens = model.tokenizer.encode(data.captions)  # (N, max_len)
+
+    def loss_fn(m, batch, g):
+        x, ids = batch
+        return ddpm_loss(m, x, schedule, cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
+                         generator=g)
+
+    result = train_digits(model, loss_fn, (data.x, tokens), cfg, device)
+    start = time.perf_counter()
+    metrics = evaluate_text_shapes(result.ema_model, cfg, device=device)
+    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
+    return register_digits(name, text_shapes, cfg, result, metrics, "held_out_all", out, schedule="linear(N=1000)",
+                           loss="ddpm_loss eps with caption dropout (Ho & Salimans 2022)",
+                           data=f"diffedu.shapes.make_shapes({cfg.train_images}, split='train', seed={cfg.seed}); "
+                                f"held out: {[' '.join(t) for t in HELD_OUT]}")
+
+
 RECIPES = {"ddpm_digits": (ddpm_digits, DigitsDDPMConfig), "ncsn_digits": (ncsn_digits, DigitsNCSNConfig),
-           "cfg_digits": (cfg_digits, DigitsCFGConfig)}
+           "cfg_digits": (cfg_digits, DigitsCFGConfig),
+           "classifier_digits": (classifier_digits, DigitsClassifierConfig),
+           "text_shapes": (text_shapes, TextShapesConfig)}
 
 
 def main(argv: list[str] | None = None) -> None:

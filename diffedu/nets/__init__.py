@@ -11,11 +11,14 @@ from torch import nn
 
 from .embeddings import PREDICTIONS, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
 from .mlp import MLPDenoiser
+from .classifier import NoisyClassifier
 from .precond import InputScaled
+from .text import TextEncoder, TextToImageUNet, Tokenizer
 from .unet import UNet
 
 #: Network classes by name, as written in ``config["name"]``.
-NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled}
+NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
+                                    "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
@@ -36,4 +39,4 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 
 
 __all__ = ["PREDICTIONS", "NETS", "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
-           "InputScaled", "build_net"]
+           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "build_net"]

@@ -81,6 +81,37 @@ class AttentionBlock(nn.Module):
         return x + self.proj_out(h.reshape(B, C, H, W))                      # (B, C, H, W)
 
 
+class CrossAttentionBlock(nn.Module):
+    """x + W_o MultiHead(Q = GN(x), K = V = context): every pixel attends to the T tokens of a text encoding
+    (Rombach et al., 2022, Sec. 3.3, eq. 3: softmax(Q K^T / sqrt(d)) V with Q from the image, K and V from the text).
+
+    The attention weights of the last call are kept in ``last_weights`` (B, heads, H*W, T), detached, so that a
+    chapter can show which pixels listen to which word.
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int, groups: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.to_q = nn.Conv2d(channels, channels, 1)
+        self.to_k = nn.Linear(context_dim, channels)
+        self.to_v = nn.Linear(context_dim, channels)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        T, d = context.shape[1], C // self.num_heads
+        q = self.to_q(self.norm(x)).reshape(B, self.num_heads, d, H * W)           # (B, heads, d, HW)
+        k = self.to_k(context).reshape(B, T, self.num_heads, d).permute(0, 2, 3, 1)  # (B, heads, d, T)
+        v = self.to_v(context).reshape(B, T, self.num_heads, d).permute(0, 2, 3, 1)  # (B, heads, d, T)
+        logits = q.transpose(-1, -2) @ k / math.sqrt(d)                             # (B, heads, HW, T)
+        weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)                 # (B, heads, HW, T), rows sum to 1
+        self.last_weights = weights.detach()
+        h = v @ weights.transpose(-1, -2)                                           # (B, heads, d, HW)
+        return x + self.proj_out(h.reshape(B, C, H, W))                             # (B, C, H, W)
+
+
 class Downsample(nn.Module):
     """Halve H and W with a stride-2 3x3 conv (Ho et al., 2020)."""
 
@@ -121,12 +152,15 @@ class UNet(nn.Module):
         groups: GroupNorm groups; must divide base_channels.
         prediction: what the output means: "eps", "x0", "v" or "score".
         scale_shift: feed the embedding as a scale and shift of the second GroupNorm (AdaGN) instead of adding it.
+        context_dim: None, or the size of the token vectors of a text encoding ``context`` (B, T, context_dim):
+            then a cross-attention block follows every residual block (Rombach et al., 2022) and the mean of the
+            tokens is added to the time embedding (the pooled text embedding of Saharia et al., 2022).
     """
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults: Sequence[int] = (1, 2),
                  num_res_blocks: int = 1, attention_at_lowest: bool = True, num_heads: int = 4,
                  num_classes: int | None = None, dropout: float = 0.0, groups: int = 8, prediction: str = "eps",
-                 scale_shift: bool = False) -> None:
+                 scale_shift: bool = False, context_dim: int | None = None) -> None:
         super().__init__()
         check_int("in_channels", in_channels, 1)
         check_int("base_channels", base_channels, 1)
@@ -138,6 +172,8 @@ class UNet(nn.Module):
         check_int("groups", groups, 1)
         if num_classes is not None:
             check_int("num_classes", num_classes, 1)
+        if context_dim is not None:
+            check_int("context_dim", context_dim, 1)
         dropout = check_scalar("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         check_choice("prediction", prediction, PREDICTIONS)
         for name, flag in (("attention_at_lowest", attention_at_lowest), ("scale_shift", scale_shift)):
@@ -152,6 +188,9 @@ class UNet(nn.Module):
         if attention_at_lowest and lowest_channels % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide the channels of the lowest level "
                              f"({lowest_channels})")
+        if context_dim is not None and any(base_channels * m % num_heads for m in channel_mults):
+            raise ValueError(f"num_heads ({num_heads}) must divide the channels of every level for cross-attention, "
+                             f"got {[base_channels * m for m in channel_mults]}")
 
         self.in_channels = in_channels
         self.channel_mults = channel_mults
@@ -162,11 +201,16 @@ class UNet(nn.Module):
                        "attention_at_lowest": attention_at_lowest, "num_heads": num_heads,
                        "num_classes": num_classes, "dropout": dropout, "groups": groups, "prediction": prediction,
                        "scale_shift": scale_shift}
+        self.context_dim = context_dim
+        if context_dim is not None:  # only then, so the config of a net without text stays as it was
+            self.config["context_dim"] = context_dim
 
         emb_dim = 4 * base_channels
         self.time_mlp = TimeMLP(base_channels, emb_dim)  # sinusoidal features of size base_channels, as in DDPM
         # Row num_classes is the null label of classifier-free guidance.
         self.class_embedding = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+        # The pooled text embedding joins the time embedding (Saharia et al., 2022).
+        self.context_embedding = nn.Linear(context_dim, emb_dim) if context_dim is not None else None
 
         def res_block(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, emb_dim, groups, dropout, scale_shift)
@@ -192,6 +236,18 @@ class UNet(nn.Module):
             if level < len(channel_mults) - 1:
                 self.downsamples.append(Downsample(channels))
                 skip_channels.append(channels)
+
+        # Cross-attention after every residual block, down, middle and up (only with a context).
+        def cross_attention(level: int) -> CrossAttentionBlock:
+            return CrossAttentionBlock(base_channels * channel_mults[level], context_dim, num_heads, groups)
+
+        if context_dim is not None:
+            levels = range(len(channel_mults))
+            self.down_cross = nn.ModuleList(nn.ModuleList(cross_attention(level) for _ in range(num_res_blocks))
+                                            for level in levels)
+            self.mid_cross = cross_attention(len(channel_mults) - 1)
+            self.up_cross = nn.ModuleList(nn.ModuleList(cross_attention(level) for _ in range(num_res_blocks + 1))
+                                          for level in reversed(levels))
 
         self.mid_block_1 = res_block(channels, channels)
         self.mid_attn = AttentionBlock(channels, num_heads, groups) if attention_at_lowest else nn.Identity()
@@ -227,12 +283,15 @@ class UNet(nn.Module):
         for module in self.modules():
             if isinstance(module, ResBlock):
                 nn.init.zeros_(module.conv_2.weight)
-            if isinstance(module, AttentionBlock):
+            if isinstance(module, (AttentionBlock, CrossAttentionBlock)):
                 nn.init.zeros_(module.proj_out.weight)
         nn.init.zeros_(self.conv_out.weight)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict ``self.prediction`` for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, C, H, W)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict ``self.prediction`` for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, C, H, W).
+
+        ``context`` (B, T, context_dim) is the text encoding a net built with ``context_dim`` attends to."""
         check_finite("x", x)
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
@@ -243,17 +302,29 @@ class UNet(nn.Module):
             raise ValueError(f"x's height and width must be divisible by {factor} (2 ** (len(channel_mults) - 1)), "
                              f"got {tuple(x.shape[2:])}")
         t, cond = prepare_time_and_labels(x, t, cond, self.num_classes)  # (B,), (B,) or None
+        if (context is None) != (self.context_dim is None):
+            raise ValueError("context must be given exactly when the net was built with context_dim, got "
+                             f"context={'None' if context is None else 'a tensor'}, context_dim={self.context_dim}")
+        if context is not None:
+            check_finite("context", context)
+            if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != self.context_dim:
+                raise ValueError(f"context must have shape ({x.shape[0]}, T, {self.context_dim}), "
+                                 f"got {tuple(context.shape)}")
 
         emb = self.time_mlp(t)                                       # (B, E)
         if self.class_embedding is not None:
             emb = emb + self.class_embedding(cond)                   # (B, E)
+        if context is not None:
+            emb = emb + self.context_embedding(context.mean(dim=1))  # (B, E), pooled text
         emb = F.silu(emb)                                            # (B, E), shared by all blocks
 
         h = self.conv_in(x)                                          # (B, C_0, H, W)
         skips = [h]
         for level in range(len(self.channel_mults)):
-            for block, attn in zip(self.down_blocks[level], self.down_attns[level]):
+            for j, (block, attn) in enumerate(zip(self.down_blocks[level], self.down_attns[level])):
                 h = attn(block(h, emb))                              # (B, C_level, H / 2**level, W / 2**level)
+                if context is not None:
+                    h = self.down_cross[level][j](h, context)        # (B, C_level, H / 2**level, W / 2**level)
                 skips.append(h)
             if level < len(self.channel_mults) - 1:
                 h = self.downsamples[level](h)                       # (B, C_level, H / 2**(level+1), ...)
@@ -261,12 +332,16 @@ class UNet(nn.Module):
 
         h = self.mid_block_1(h, emb)                                 # (B, C_L, H_L, W_L), L = lowest level
         h = self.mid_attn(h)                                         # (B, C_L, H_L, W_L)
+        if context is not None:
+            h = self.mid_cross(h, context)                           # (B, C_L, H_L, W_L)
         h = self.mid_block_2(h, emb)                                 # (B, C_L, H_L, W_L)
 
         for i, level in enumerate(reversed(range(len(self.channel_mults)))):
-            for block, attn in zip(self.up_blocks[i], self.up_attns[i]):
+            for j, (block, attn) in enumerate(zip(self.up_blocks[i], self.up_attns[i])):
                 h = torch.cat([h, skips.pop()], dim=1)               # (B, C + C_skip, H / 2**level, W / 2**level)
                 h = attn(block(h, emb))                              # (B, C_level, H / 2**level, W / 2**level)
+                if context is not None:
+                    h = self.up_cross[i][j](h, context)              # (B, C_level, H / 2**level, W / 2**level)
             if level > 0:
                 h = self.upsamples[i](h)                             # (B, C_level, H / 2**(level-1), ...)
 

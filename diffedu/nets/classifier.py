@@ -1,0 +1,146 @@
+"""A noise-aware classifier p_phi(y | x_t, t) for classifier guidance (Dhariwal & Nichol, 2021, Sec. 4).
+
+Classifier guidance needs grad_x log p(y | x_t) at every noise level the sampler visits, so the classifier is
+trained on *noised* images x_t = alpha(t) x0 + sigma(t) eps and told t, exactly like a denoiser. Dhariwal &
+Nichol build it from the downsampling half of their UNet with an (attention) pool at the lowest resolution and a
+linear head; ``NoisyClassifier`` is that design at the book's scale, made of the UNet's own blocks:
+
+- a 3x3 conv lifts the image to ``base_channels``;
+- at each of ``len(channel_mults)`` resolutions, ``num_res_blocks`` time-conditioned residual blocks with
+  ``base_channels * mult`` channels (self-attention after each one at the lowest level), then a stride-2 conv
+  halves H and W (except at the last level);
+- the middle of the UNet: residual block, self-attention, residual block;
+- GroupNorm, SiLU, global average pooling over H x W, and a linear layer to ``num_classes`` logits.
+
+``NoisyClassifier(x, t) -> logits (B, num_classes)``; t in [0, 1] is continuous time, as for every denoiser.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..checks import check_finite, check_int, check_scalar
+from .embeddings import TimeMLP, prepare_time_and_labels
+from .unet import AttentionBlock, Downsample, ResBlock
+
+
+class NoisyClassifier(nn.Module):
+    """Time-conditioned image classifier ``classifier(x, t) -> logits (B, num_classes)`` (Dhariwal & Nichol, 2021).
+
+    Args:
+        num_classes: number of classes C (the logits' width).
+        in_channels: image channels.
+        base_channels: channels at the first level; the time embedding has 4 * base_channels (as in the UNet).
+        channel_mults: one multiplier per resolution level; H and W must be divisible by
+            2 ** (len(channel_mults) - 1).
+        num_res_blocks: residual blocks per level.
+        attention_at_lowest: self-attention after the residual blocks of the lowest level and in the middle.
+        num_heads: attention heads; must divide the channels of the lowest level.
+        dropout: dropout inside the residual blocks.
+        groups: GroupNorm groups; must divide base_channels.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, base_channels: int = 16,
+                 channel_mults: Sequence[int] = (1, 2), num_res_blocks: int = 1, attention_at_lowest: bool = True,
+                 num_heads: int = 2, dropout: float = 0.0, groups: int = 8) -> None:
+        super().__init__()
+        check_int("num_classes", num_classes, 2)
+        check_int("in_channels", in_channels, 1)
+        check_int("base_channels", base_channels, 1)
+        if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
+            raise ValueError(f"channel_mults must be a non-empty sequence of positive integers, got {channel_mults!r}")
+        channel_mults = tuple(check_int("channel_mults", m, 1) for m in channel_mults)
+        check_int("num_res_blocks", num_res_blocks, 1)
+        check_int("num_heads", num_heads, 1)
+        check_int("groups", groups, 1)
+        dropout = check_scalar("dropout", dropout, 0.0, 1.0, high_inclusive=False)
+        if not isinstance(attention_at_lowest, bool):
+            raise ValueError(f"attention_at_lowest must be True or False, got {attention_at_lowest!r}")
+        if base_channels % 2 or base_channels < 4:
+            raise ValueError(f"base_channels must be even and >= 4 (it is also the size of the sinusoidal time "
+                             f"features), got {base_channels}")
+        if base_channels % groups:
+            raise ValueError(f"base_channels ({base_channels}) must be divisible by groups ({groups}) for GroupNorm")
+        lowest_channels = base_channels * channel_mults[-1]
+        if attention_at_lowest and lowest_channels % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide the channels of the lowest level "
+                             f"({lowest_channels})")
+
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.channel_mults = channel_mults
+        self.config = {"name": type(self).__name__, "num_classes": num_classes, "in_channels": in_channels,
+                       "base_channels": base_channels, "channel_mults": list(channel_mults),
+                       "num_res_blocks": num_res_blocks, "attention_at_lowest": attention_at_lowest,
+                       "num_heads": num_heads, "dropout": dropout, "groups": groups}
+
+        emb_dim = 4 * base_channels
+        self.time_mlp = TimeMLP(base_channels, emb_dim)
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+
+        # The UNet's down path, without the skip connections (nothing comes back up).
+        self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
+        channels = base_channels
+        for level, mult in enumerate(channel_mults):
+            lowest = level == len(channel_mults) - 1
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(channels, base_channels * mult, emb_dim, groups, dropout, scale_shift=False))
+                channels = base_channels * mult
+                if attention_at_lowest and lowest:
+                    blocks.append(AttentionBlock(channels, num_heads, groups))
+            self.down_blocks.append(blocks)
+            if not lowest:
+                self.downsamples.append(Downsample(channels))
+
+        self.mid_block_1 = ResBlock(channels, channels, emb_dim, groups, dropout, scale_shift=False)
+        self.mid_attn = AttentionBlock(channels, num_heads, groups) if attention_at_lowest else nn.Identity()
+        self.mid_block_2 = ResBlock(channels, channels, emb_dim, groups, dropout, scale_shift=False)
+
+        self.norm_out = nn.GroupNorm(groups, channels)
+        self.head = nn.Linear(channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """As the UNet: Xavier-uniform weights, zero biases, zero last conv of every residual branch (each block
+        starts as the identity); and a zero head, so the untrained classifier says 1/C for every class."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                nn.init.zeros_(module.conv_2.weight)
+            if isinstance(module, AttentionBlock):
+                nn.init.zeros_(module.proj_out.weight)
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Logits of p_phi(y | x_t, t) for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, classes)."""
+        check_finite("x", x)
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        factor = 2 ** (len(self.channel_mults) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"x's height and width must be divisible by {factor} (2 ** (len(channel_mults) - 1)), "
+                             f"got {tuple(x.shape[2:])}")
+        t, _ = prepare_time_and_labels(x, t, None, None)  # (B,)
+
+        emb = F.silu(self.time_mlp(t))                               # (B, E), shared by all blocks
+        h = self.conv_in(x)                                          # (B, C_0, H, W)
+        for level in range(len(self.channel_mults)):
+            for block in self.down_blocks[level]:
+                h = block(h, emb) if isinstance(block, ResBlock) else block(h)  # (B, C_level, H / 2**level, ...)
+            if level < len(self.channel_mults) - 1:
+                h = self.downsamples[level](h)                       # (B, C_level, H / 2**(level+1), ...)
+        h = self.mid_block_1(h, emb)                                 # (B, C_L, H_L, W_L)
+        h = self.mid_attn(h)                                         # (B, C_L, H_L, W_L)
+        h = self.mid_block_2(h, emb)                                 # (B, C_L, H_L, W_L)
+        h = F.silu(self.norm_out(h)).mean(dim=(2, 3))                # (B, C_L): global average pool
+        return self.head(h)                                          # (B, num_classes)
