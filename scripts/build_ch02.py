@@ -4,12 +4,10 @@
     DIFFEDU_STATIC=1 .venv/bin/jupyter nbconvert --to notebook --execute --inplace chapters/02_ncsn.ipynb
     .venv/bin/python -m diffedu.exercises --tag chapters/02_ncsn.ipynb
 """
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from chapter_kit import Chapter
 
-cells = []
-md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
-code = lambda s: cells.append(new_code_cell(s.strip("\n")))
+ch = Chapter()
+md, code = ch.md, ch.code
 
 md(r"""
 # 2 · Score matching and noise-conditional score networks
@@ -33,14 +31,7 @@ more idea: blur the data with noise at many levels. That gives the noise-conditi
 - sample 8×8 digits from a shipped NCSN checkpoint.
 """)
 
-code(r"""
-# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
-import os, sys
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
-    %pip install -q /content/diffedu
-    os.environ["DIFFEDU_DATA"] = "/content/diffedu/data"
-
+ch.setup(r"""
 import math
 import time
 import matplotlib.pyplot as plt
@@ -56,10 +47,6 @@ from diffedu.schedules import VE
 from diffedu.toy import ExactModel, GaussianMixture
 from diffedu.train import train
 from diffedu.utils import setup, show_source
-
-cfg = setup(seed=0)  # seeds everything, picks cuda / mps / cpu, sets the plot style; DIFFEDU_FULL=1 for full mode
-device = cfg.device
-cfg
 """)
 
 md(r"""
@@ -688,12 +675,6 @@ Next: chapter 3 lets the ladder become continuous. DDPM and NCSN turn out to be 
 stochastic differential equation, and its reverse gives new samplers and exact likelihoods.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-    "colab": {"provenance": []},
-})
 import sys
 out = sys.argv[1] if len(sys.argv) > 1 else "chapters/02_ncsn.ipynb"
-nbformat.write(nb, out)
-print("wrote", out, "with", len(cells), "cells")
+ch.write(out)

@@ -6,14 +6,12 @@
 """
 import os
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from chapter_kit import Chapter
 
 WITH_NCSN = os.environ.get("CH03_NCSN", "1") != "0"  # the chapter-2 checkpoint section (needs ncsn_digits)
 
-cells = []
-md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))  # noqa: E731
-code = lambda s: cells.append(new_code_cell(s.strip("\n")))  # noqa: E731
+ch = Chapter()
+md, code = ch.md, ch.code
 
 md(r"""
 # 3 · Score SDEs
@@ -39,14 +37,7 @@ Every sampler here is checked against an *exact* score: Gaussian mixtures, whose
 closed form.
 """)
 
-code(r"""
-# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
-import os, sys
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
-    %pip install -q /content/diffedu
-    os.environ["DIFFEDU_DATA"] = "/content/diffedu/data"
-
+ch.setup(r"""
 import math
 import matplotlib.pyplot as plt
 import torch
@@ -58,10 +49,6 @@ from diffedu.pretrained import load_pretrained
 from diffedu.schedules import VE, SubVP, VPLinear, linear_schedule
 from diffedu.toy import ExactModel, eight_gaussians, gaussian
 from diffedu.utils import setup, show_source
-
-cfg = setup(seed=0)  # seeds everything, picks cuda / mps / cpu, sets the plot style; DIFFEDU_FULL=1 for full mode
-device = cfg.device
-cfg
 """)
 
 md(r"""
@@ -634,10 +621,4 @@ md(r"""
 Next: chapter 4 (DDIM) is a first fast solver of the probability-flow ODE, and chapter 5 builds better ones.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-    "colab": {"provenance": []},
-})
-nbformat.write(nb, "chapters/03_sde.ipynb")
-print("wrote chapters/03_sde.ipynb with", len(cells), "cells")
+ch.write("chapters/03_sde.ipynb")

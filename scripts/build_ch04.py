@@ -4,12 +4,10 @@
     DIFFEDU_STATIC=1 .venv/bin/jupyter nbconvert --to notebook --execute --inplace chapters/04_ddim.ipynb
     .venv/bin/python -m diffedu.exercises --tag chapters/04_ddim.ipynb
 """
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from chapter_kit import Chapter
 
-cells = []
-md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
-code = lambda s: cells.append(new_code_cell(s.strip("\n")))
+ch = Chapter()
+md, code = ch.md, ch.code
 
 md(r"""
 # 4 · Denoising diffusion implicit models
@@ -33,14 +31,7 @@ part of the book.
 - encode data into noise by running DDIM backwards, and interpolate between samples along a great circle.
 """)
 
-code(r"""
-# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
-import os, sys
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
-    %pip install -q /content/diffedu
-    os.environ["DIFFEDU_DATA"] = "/content/diffedu/data"
-
+ch.setup(r"""
 import math
 import matplotlib.pyplot as plt
 import numpy as np
@@ -53,10 +44,6 @@ from diffedu.pretrained import load_pretrained
 from diffedu.schedules import linear_schedule
 from diffedu.toy import ExactModel, eight_gaussians, gaussian
 from diffedu.utils import setup, show_source
-
-cfg = setup(seed=0)  # seeds everything, picks cuda / mps / cpu, sets the plot style; DIFFEDU_FULL=1 for full mode
-device = cfg.device
-cfg
 """)
 
 md(r"""
@@ -707,10 +694,4 @@ Next: chapter 5 replaces DDIM's first-order step by higher-order ODE solvers (He
 asks how few network calls are enough.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-    "colab": {"provenance": []},
-})
-nbformat.write(nb, "chapters/04_ddim.ipynb")
-print("wrote chapters/04_ddim.ipynb with", len(cells), "cells")
+ch.write("chapters/04_ddim.ipynb")

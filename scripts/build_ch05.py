@@ -4,12 +4,10 @@
     DIFFEDU_STATIC=1 .venv/bin/jupyter nbconvert --to notebook --execute --inplace chapters/05_solvers.ipynb
     .venv/bin/python -m diffedu.exercises --tag chapters/05_solvers.ipynb
 """
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from chapter_kit import Chapter
 
-cells = []
-md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
-code = lambda s: cells.append(new_code_cell(s.strip("\n")))
+ch = Chapter()
+md, code = ch.md, ch.code
 
 md(r"""
 # 5 · Fast solvers for the probability-flow ODE
@@ -35,14 +33,7 @@ the other half is *where* it steps. We compare hand-made step grids with one fou
 - check that the ranking carries over to a real network, the 8×8 digits model.
 """)
 
-code(r"""
-# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
-import os, sys
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
-    %pip install -q /content/diffedu
-    os.environ["DIFFEDU_DATA"] = "/content/diffedu/data"
-
+ch.setup(r"""
 import itertools
 import math
 import matplotlib.pyplot as plt
@@ -56,10 +47,6 @@ from diffedu.pretrained import load_pretrained
 from diffedu.schedules import linear_schedule
 from diffedu.toy import ExactModel, eight_gaussians, gaussian
 from diffedu.utils import setup, show_source
-
-cfg = setup(seed=0)  # seeds everything, picks cuda / mps / cpu, sets the plot style; DIFFEDU_FULL=1 for full mode
-device = cfg.device
-cfg
 """)
 
 md(r"""
@@ -613,10 +600,4 @@ Next: chapter 6 goes below 5 calls by *training* a student to take the big steps
 the network {cite:p}`salimans2022progressive`.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-    "colab": {"provenance": []},
-})
-nbformat.write(nb, "chapters/05_solvers.ipynb")
-print("wrote chapters/05_solvers.ipynb with", len(cells), "cells")
+ch.write("chapters/05_solvers.ipynb")

@@ -4,12 +4,10 @@
     DIFFEDU_STATIC=1 .venv/bin/jupyter nbconvert --to notebook --execute --inplace chapters/10_classifier_guidance.ipynb
     .venv/bin/python -m diffedu.exercises --tag chapters/10_classifier_guidance.ipynb
 """
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from chapter_kit import Chapter
 
-cells = []
-md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
-code = lambda s: cells.append(new_code_cell(s.strip("\n")))
+ch = Chapter()
+md, code = ch.md, ch.code
 
 md(r"""
 # 10 · Classifier guidance
@@ -35,14 +33,7 @@ model with a small noise-aware classifier.
   against the scale.
 """)
 
-code(r"""
-# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
-import os, sys
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
-    %pip install -q /content/diffedu
-    os.environ["DIFFEDU_DATA"] = "/content/diffedu/data"
-
+ch.setup(r"""
 import math
 import matplotlib.pyplot as plt
 import numpy as np
@@ -60,11 +51,8 @@ from diffedu.pretrained import load_pretrained, pretrained_info
 from diffedu.schedules import linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture
 from diffedu.utils import setup, show_source
-
-cfg = setup(seed=0)  # seeds everything, picks cuda / mps / cpu, sets the plot style; DIFFEDU_FULL=1 for full mode
-device = cfg.device
+""", extra=r"""
 schedule = linear_schedule()  # DDPM's linear chain, N = 1000: the one ddpm_digits was trained on
-cfg
 """)
 
 md(r"""
@@ -663,10 +651,4 @@ md(r"""
 Next: chapter 11 gets the classifier for free from a conditional diffusion model: classifier-free guidance.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-    "colab": {"provenance": []},
-})
-nbformat.write(nb, "chapters/10_classifier_guidance.ipynb")
-print("wrote chapters/10_classifier_guidance.ipynb with", len(cells), "cells")
+ch.write("chapters/10_classifier_guidance.ipynb")

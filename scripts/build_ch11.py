@@ -4,12 +4,10 @@
     OMP_NUM_THREADS=1 DIFFEDU_STATIC=1 .venv/bin/jupyter nbconvert --to notebook --execute --inplace chapters/11_cfg.ipynb
     .venv/bin/python -m diffedu.exercises --tag chapters/11_cfg.ipynb
 """
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from chapter_kit import Chapter
 
-cells = []
-md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
-code = lambda s: cells.append(new_code_cell(s.strip("\n")))
+ch = Chapter()
+md, code = ch.md, ch.code
 
 md(r"""
 # 11 · Classifier-free guidance
@@ -36,14 +34,7 @@ text-to-image systems.
   accuracy and a Fréchet distance in that classifier's feature space, and choose a default scale from it.
 """)
 
-code(r"""
-# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
-import os, sys
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
-    %pip install -q /content/diffedu
-    os.environ["DIFFEDU_DATA"] = "/content/diffedu/data"
-
+ch.setup(r"""
 import math
 import matplotlib.pyplot as plt
 import numpy as np
@@ -59,10 +50,6 @@ from diffedu.schedules import linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture
 from diffedu.utils import setup, show_source
 from diffedu.widgets import timestep_slider
-
-cfg = setup(seed=0)  # seeds everything, picks cuda / mps / cpu, sets the plot style; DIFFEDU_FULL=1 for full mode
-device = cfg.device
-cfg
 """)
 
 md(r"""
@@ -597,10 +584,4 @@ Guidance need not be applied at every step: {cite:t}`kynkaanniemi2024applying` a
 of noise levels and improve both FID and diversity. Chapter 12 uses CFG with text instead of class labels.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-    "colab": {"provenance": []},
-})
-nbformat.write(nb, "chapters/11_cfg.ipynb")
-print("wrote chapters/11_cfg.ipynb with", len(cells), "cells")
+ch.write("chapters/11_cfg.ipynb")

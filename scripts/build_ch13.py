@@ -4,12 +4,10 @@
     OMP_NUM_THREADS=1 DIFFEDU_STATIC=1 .venv/bin/jupyter nbconvert --to notebook --execute --inplace chapters/13_image_to_image.ipynb
     .venv/bin/python -m diffedu.exercises --tag chapters/13_image_to_image.ipynb
 """
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from chapter_kit import Chapter
 
-cells = []
-md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
-code = lambda s: cells.append(new_code_cell(s.strip("\n")))
+ch = Chapter()
+md, code = ch.md, ch.code
 
 md(r"""
 # 13 · Image to image: SDEdit and inpainting
@@ -38,14 +36,7 @@ digits models of chapters 1 and 11 for two editing tasks, with no retraining and
   with the class-conditional model and classifier-free guidance.
 """)
 
-code(r"""
-# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
-import os, sys
-if "google.colab" in sys.modules:
-    !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
-    %pip install -q /content/diffedu
-    os.environ["DIFFEDU_DATA"] = "/content/diffedu/data"
-
+ch.setup(r"""
 import math
 import matplotlib.pyplot as plt
 import numpy as np
@@ -60,10 +51,6 @@ from diffedu.pretrained import load_pretrained
 from diffedu.schedules import linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture, eight_gaussians, gaussian
 from diffedu.utils import setup, show_source
-
-cfg = setup(seed=0)  # seeds everything, picks cuda / mps / cpu, sets the plot style; DIFFEDU_FULL=1 for full mode
-device = cfg.device
-cfg
 """)
 
 md(r"""
@@ -649,10 +636,4 @@ md(r"""
   inpaint as a chosen class.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-    "colab": {"provenance": []},
-})
-nbformat.write(nb, "chapters/13_image_to_image.ipynb")
-print("wrote chapters/13_image_to_image.ipynb with", len(cells), "cells")
+ch.write("chapters/13_image_to_image.ipynb")
