@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_finite, check_int, check_scalar
-from .ddim import ddim_sample
+from .ddim import check_discrete, ddim_sample
 from .ddpm import VARIANCES, p_mean, q_sample, reverse_step_variance
 from .schedules import DiscreteSchedule
 
@@ -43,15 +43,9 @@ Tensor = torch.Tensor
 METHODS = ("replace", "repaint")
 
 
-def _check_discrete(schedule) -> DiscreteSchedule:
-    if not isinstance(schedule, DiscreteSchedule):
-        raise ValueError(f"schedule must be a DiscreteSchedule (DDPM's chain), got {type(schedule).__name__}")
-    return schedule
-
-
 def start_index(schedule: DiscreteSchedule, strength: float) -> int:
     """The chain index i0 = round(strength * N) that SDEdit starts from (t_{i0} = strength for a plain chain)."""
-    schedule = _check_discrete(schedule)
+    schedule = check_discrete(schedule)
     strength = check_scalar("strength", strength, 0.0, 1.0)
     return int(round(strength * schedule.N))
 
@@ -61,7 +55,7 @@ def truncated_chain(schedule: DiscreteSchedule, i0: int) -> DiscreteSchedule:
 
     Any sampler that starts at its chain's top index (``ddpm_sample``, ``ddim_sample``) then starts at x_{i0}.
     """
-    schedule = _check_discrete(schedule)
+    schedule = check_discrete(schedule)
     i0 = check_int("i0", i0, 1, schedule.N)
     return schedule.respace(torch.arange(1, i0 + 1))
 
@@ -91,7 +85,7 @@ def sdedit(model: Callable, x_guide: Tensor, schedule: DiscreteSchedule, strengt
     Returns:
         the edited images (B, ...); with ``return_start`` also x_{t0} (B, ...).
     """
-    schedule = _check_discrete(schedule)
+    schedule = check_discrete(schedule)
     check_finite("x_guide", x_guide)
     i0 = start_index(schedule, strength)
     eta = check_scalar("eta", eta, 0.0, 1.0)
@@ -185,7 +179,7 @@ def inpaint(model: Callable, x_known: Tensor, mask: Tensor, schedule: DiscreteSc
         x_0 (B, ...), equal to x_known where mask = 1; with ``return_trajectory`` also the states at every visited
         level and the list of levels (``repaint_levels``).
     """
-    schedule = _check_discrete(schedule)
+    schedule = check_discrete(schedule)
     check_finite("x_known", x_known)
     m = check_mask(mask, x_known)
     check_choice("method", method, METHODS)
