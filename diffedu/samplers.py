@@ -187,19 +187,22 @@ class _Denoiser:
 
 @torch.no_grad()
 def euler_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: int, sigmas: Tensor | None = None,
-                 rho: float = 7.0, cond: Tensor | None = None, generator: torch.Generator | None = None,
+                 grid: str = "karras", rho: float = 7.0, cond: Tensor | None = None,
+                 generator: torch.Generator | None = None,
                  progress: bool = True, return_trajectory: bool = False):
     """Euler's method on the probability-flow ODE in sigma~ (Karras et al. 2022, Alg. 1 without its Heun step).
 
         d = (x~_k - D(x~_k; sigma~_k)) / sigma~_k,     x~_{k+1} = x~_k + (sigma~_{k+1} - sigma~_k) d.
 
-    NFE = steps. ``sigmas`` (steps + 1,) overrides the default ``karras_sigmas(steps, *sigma_range(schedule), rho)``.
+    NFE = steps. The grid is ``sigma_grid(schedule, steps, grid, rho)``: by default Karras et al.'s
+    ``karras_sigmas(steps, *sigma_range(schedule), rho)``, or 'logsnr' / 'time_uniform'; ``sigmas`` (steps + 1,)
+    overrides it.
     The step into sigma~ = 0 lands on D itself: that last step *is* DDIM's. ``generator`` is unused
     (deterministic). Returns x (B, ...) at the last sigma~; with ``return_trajectory`` also the K + 1 states and
     the K denoised x0-hat.
     """
     check_finite("x_T", x_T)
-    D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho))
+    D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho, grid))
     x = D.to_tilde(x_T, 0)  # x~_0
     trajectory, x0_preds = [x_T.cpu()], []
     for k in tqdm(range(steps), disable=not progress, desc="Euler sampling"):
@@ -216,7 +219,8 @@ def euler_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: i
 
 @torch.no_grad()
 def heun_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: int, sigmas: Tensor | None = None,
-                rho: float = 7.0, cond: Tensor | None = None, generator: torch.Generator | None = None,
+                grid: str = "karras", rho: float = 7.0, cond: Tensor | None = None,
+                generator: torch.Generator | None = None,
                 progress: bool = True, return_trajectory: bool = False):
     """Heun's second-order method, Karras et al. (2022) Algorithm 1 (deterministic: S_churn = 0).
 
@@ -227,7 +231,7 @@ def heun_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: in
     0, else 2 steps. Arguments and returns as ``euler_sample``.
     """
     check_finite("x_T", x_T)
-    D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho))
+    D = _Denoiser(model, schedule, cond, *_sigma_grid(schedule, steps, sigmas, rho, grid))
     x = D.to_tilde(x_T, 0)
     trajectory, x0_preds = [x_T.cpu()], []
     for k in tqdm(range(steps), disable=not progress, desc="Heun sampling"):

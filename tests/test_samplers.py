@@ -351,3 +351,20 @@ def test_bad_input_raises_clear_errors():
     for call, name in bad:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+@pytest.mark.parametrize("sampler", [euler_sample, heun_sample])
+@pytest.mark.parametrize("grid", ["karras", "logsnr", "time_uniform"])
+def test_euler_and_heun_take_a_named_grid(sampler, grid):
+    """grid= is sigma_grid's grid (Karras by default); a wrong name raises."""
+    model = ExactModel(MIXTURE, SCHED)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    named = sampler(model, x_T, SCHED, 8, grid=grid, progress=False)
+    explicit = sampler(model, x_T, SCHED, 8, sigmas=sigma_grid(SCHED, 8, grid), progress=False)
+    assert torch.equal(named, explicit)
+    if grid == "karras":
+        assert torch.equal(named, sampler(model, x_T, SCHED, 8, progress=False))
+    else:
+        assert not torch.allclose(named, sampler(model, x_T, SCHED, 8, progress=False))
+    with pytest.raises(ValueError, match="grid"):
+        sampler(model, x_T, SCHED, 8, grid="uniform", progress=False)
