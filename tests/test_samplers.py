@@ -368,3 +368,34 @@ def test_euler_and_heun_take_a_named_grid(sampler, grid):
         assert not torch.allclose(named, sampler(model, x_T, SCHED, 8, progress=False))
     with pytest.raises(ValueError, match="grid"):
         sampler(model, x_T, SCHED, 8, grid="uniform", progress=False)
+
+
+def test_log_snr_min_clips_the_grid_and_fixes_the_cosine_chain():
+    """sigma_grid(..., log_snr_min) starts at lambda = log_snr_min with equal lambda steps; on the cosine chain
+    (sigma~_max ~ 2e4) it cuts DPM-Solver++(2M)'s error at 10 NFE to well under the unclipped grid's."""
+    from diffedu.benchmark import reference_endpoint
+    from diffedu.toy import eight_gaussians
+
+    cosine = cosine_schedule(1000)
+    grid = sigma_grid(cosine, 10, "logsnr", log_snr_min=-5.1)
+    assert math.isclose(float(grid[0]), math.exp(2.55), rel_tol=1e-12) and grid[-1] == 0
+    steps = torch.diff(-2 * torch.log(grid[:-1]))
+    assert torch.allclose(steps, steps[0].expand_as(steps), rtol=1e-9)
+    # a bound above the schedule's top leaves the grid unchanged
+    assert torch.equal(sigma_grid(SCHED, 10, "logsnr", log_snr_min=-30.0), sigma_grid(SCHED, 10, "logsnr"))
+    mixture = eight_gaussians()
+    x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = reference_endpoint(mixture, cosine, x_T)[0]
+    model = ExactModel(mixture, cosine)
+    err = {clip: (dpmpp_2m_sample(model, x_T, cosine, 10, log_snr_min=clip, progress=False) - ref)
+           .pow(2).sum(1).mean().sqrt().item() for clip in (None, -5.1)}
+    assert err[-5.1] < 0.4 * err[None], err
+
+
+@pytest.mark.parametrize("bad, match", [(float("nan"), "log_snr_min"), (50.0, "log_snr_min"),
+                                        (-math.inf, "log_snr_min")])
+def test_log_snr_min_bad_input(bad, match):
+    with pytest.raises(ValueError, match=match):
+        sigma_grid(SCHED, 10, "logsnr", log_snr_min=bad)
+    with pytest.raises(ValueError, match="logsnr"):
+        sigma_grid(SCHED, 10, "karras", log_snr_min=-5.0)
