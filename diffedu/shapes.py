@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import check_choice, check_int
+from .checks import check_choice, check_finite, check_int
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = ("red", "green", "blue", "yellow")
@@ -196,8 +196,7 @@ class ShapesProbe:
         if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != (3, IMAGE_SIZE, IMAGE_SIZE):
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must be images of shape (N, 3, 16, 16), got {shape}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x must be finite (no NaN or inf)")
+        check_finite("x", x)
         b = ((x.detach().cpu().float().clamp(-1, 1) + 1) / 2).amax(dim=1)  # (N, 16, 16) brightness
         return torch.relu(b - 0.25)                                         # (N, 16, 16)
 

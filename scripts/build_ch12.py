@@ -411,10 +411,10 @@ md(r"""
 ## 12.9 Where do the words land? Cross-attention maps
 
 Every cross-attention block keeps its last attention weights, shaped (B, heads, H·W, T): for each pixel, a
-distribution over the caption's tokens. We noise a generated image halfway ($t = 0.5$), run the model once, and
-average the maps of the full-resolution (16×16) blocks over heads and 8 samples. Each panel shows, for one token,
-how strongly each pixel attends to it. These are the maps that Prompt-to-Prompt {cite}`hertz2023prompt` edits to
-change one word of a prompt while keeping the layout.
+distribution over the caption's tokens; `model.cross_attention_maps()` collects them. We noise a generated
+image halfway ($t = 0.5$), run the model once, and average the maps of the full-resolution (16×16) blocks over
+heads and 8 samples. Each panel shows, for one token, how strongly each pixel attends to it. These are the
+maps that Prompt-to-Prompt {cite}`hertz2023prompt` edits to change one word of a prompt while keeping the layout.
 """)
 
 code(r"""
@@ -426,9 +426,7 @@ def word_maps(caption, n=8, t=0.5, seed=6):
     x_t = alpha * x0 + sigma * torch.randn(x0.shape, generator=g, device=device)
     with torch.no_grad():
         model(x_t, torch.full((n,), t, device=device), model.tokenize([caption] * n))
-    blocks = [b for level in model.unet.down_cross for b in level] + [model.unet.mid_cross] + \
-             [b for level in model.unet.up_cross for b in level]
-    full = [b.last_weights for b in blocks if b.last_weights.shape[2] == 16 * 16]  # (n, heads, 256, T) each
+    full = [w for w in model.cross_attention_maps() if w.shape[2] == 16 * 16]  # (n, heads, 256, T) each
     maps = torch.stack(full).mean(dim=(0, 1, 2)).reshape(16, 16, -1).cpu()       # (16, 16, T)
     return x0.cpu(), maps
 
