@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import check_finite, check_int, check_scalar
+from ..checks import check_finite, check_int
 from .embeddings import TimeMLP, prepare_time_and_labels
-from .unet import AttentionBlock, Downsample, ResBlock
+from .unet import AttentionBlock, Downsample, ResBlock, check_architecture
 
 
 class NoisyClassifier(nn.Module):
@@ -49,26 +49,8 @@ class NoisyClassifier(nn.Module):
                  num_heads: int = 2, dropout: float = 0.0, groups: int = 8) -> None:
         super().__init__()
         check_int("num_classes", num_classes, 2)
-        check_int("in_channels", in_channels, 1)
-        check_int("base_channels", base_channels, 1)
-        if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
-            raise ValueError(f"channel_mults must be a non-empty sequence of positive integers, got {channel_mults!r}")
-        channel_mults = tuple(check_int("channel_mults", m, 1) for m in channel_mults)
-        check_int("num_res_blocks", num_res_blocks, 1)
-        check_int("num_heads", num_heads, 1)
-        check_int("groups", groups, 1)
-        dropout = check_scalar("dropout", dropout, 0.0, 1.0, high_inclusive=False)
-        if not isinstance(attention_at_lowest, bool):
-            raise ValueError(f"attention_at_lowest must be True or False, got {attention_at_lowest!r}")
-        if base_channels % 2 or base_channels < 4:
-            raise ValueError(f"base_channels must be even and >= 4 (it is also the size of the sinusoidal time "
-                             f"features), got {base_channels}")
-        if base_channels % groups:
-            raise ValueError(f"base_channels ({base_channels}) must be divisible by groups ({groups}) for GroupNorm")
-        lowest_channels = base_channels * channel_mults[-1]
-        if attention_at_lowest and lowest_channels % num_heads:
-            raise ValueError(f"num_heads ({num_heads}) must divide the channels of the lowest level "
-                             f"({lowest_channels})")
+        channel_mults, dropout = check_architecture(in_channels, base_channels, channel_mults, num_res_blocks,
+                                                    attention_at_lowest, num_heads, dropout, groups)
 
         self.num_classes = num_classes
         self.in_channels = in_channels

@@ -135,6 +135,33 @@ class Upsample(nn.Module):
         return self.conv(x)                                     # (B, C, 2H, 2W)
 
 
+def check_architecture(in_channels: int, base_channels: int, channel_mults: Sequence[int], num_res_blocks: int,
+                       attention_at_lowest: bool, num_heads: int, dropout: float,
+                       groups: int) -> tuple[tuple[int, ...], float]:
+    """Check the arguments that the UNet and the nets built from its parts (``NoisyClassifier``) share; return
+    channel_mults as a tuple of ints and dropout as a float."""
+    check_int("in_channels", in_channels, 1)
+    check_int("base_channels", base_channels, 1)
+    if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
+        raise ValueError(f"channel_mults must be a non-empty sequence of positive integers, got {channel_mults!r}")
+    channel_mults = tuple(check_int("channel_mults", m, 1) for m in channel_mults)
+    check_int("num_res_blocks", num_res_blocks, 1)
+    check_int("num_heads", num_heads, 1)
+    check_int("groups", groups, 1)
+    dropout = check_scalar("dropout", dropout, 0.0, 1.0, high_inclusive=False)
+    if not isinstance(attention_at_lowest, bool):
+        raise ValueError(f"attention_at_lowest must be True or False, got {attention_at_lowest!r}")
+    if base_channels % 2 or base_channels < 4:
+        raise ValueError(f"base_channels must be even and >= 4 (it is also the size of the sinusoidal time "
+                         f"features), got {base_channels}")
+    if base_channels % groups:
+        raise ValueError(f"base_channels ({base_channels}) must be divisible by groups ({groups}) for GroupNorm")
+    lowest_channels = base_channels * channel_mults[-1]
+    if attention_at_lowest and lowest_channels % num_heads:
+        raise ValueError(f"num_heads ({num_heads}) must divide the channels of the lowest level ({lowest_channels})")
+    return channel_mults, dropout
+
+
 class UNet(nn.Module):
     """DDPM-style UNet ``net(x, t, cond=None)`` for images x of shape (B, in_channels, H, W), t in [0, 1].
 
@@ -162,32 +189,15 @@ class UNet(nn.Module):
                  num_classes: int | None = None, dropout: float = 0.0, groups: int = 8, prediction: str = "eps",
                  scale_shift: bool = False, context_dim: int | None = None) -> None:
         super().__init__()
-        check_int("in_channels", in_channels, 1)
-        check_int("base_channels", base_channels, 1)
-        if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
-            raise ValueError(f"channel_mults must be a non-empty sequence of positive integers, got {channel_mults!r}")
-        channel_mults = tuple(check_int("channel_mults", m, 1) for m in channel_mults)
-        check_int("num_res_blocks", num_res_blocks, 1)
-        check_int("num_heads", num_heads, 1)
-        check_int("groups", groups, 1)
+        channel_mults, dropout = check_architecture(in_channels, base_channels, channel_mults, num_res_blocks,
+                                                    attention_at_lowest, num_heads, dropout, groups)
         if num_classes is not None:
             check_int("num_classes", num_classes, 1)
         if context_dim is not None:
             check_int("context_dim", context_dim, 1)
-        dropout = check_scalar("dropout", dropout, 0.0, 1.0, high_inclusive=False)
         check_choice("prediction", prediction, PREDICTIONS)
-        for name, flag in (("attention_at_lowest", attention_at_lowest), ("scale_shift", scale_shift)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        if base_channels % 2 or base_channels < 4:
-            raise ValueError(f"base_channels must be even and >= 4 (it is also the size of the sinusoidal time "
-                             f"features), got {base_channels}")
-        if base_channels % groups:
-            raise ValueError(f"base_channels ({base_channels}) must be divisible by groups ({groups}) for GroupNorm")
-        lowest_channels = base_channels * channel_mults[-1]
-        if attention_at_lowest and lowest_channels % num_heads:
-            raise ValueError(f"num_heads ({num_heads}) must divide the channels of the lowest level "
-                             f"({lowest_channels})")
+        if not isinstance(scale_shift, bool):
+            raise ValueError(f"scale_shift must be True or False, got {scale_shift!r}")
         if context_dim is not None and any(base_channels * m % num_heads for m in channel_mults):
             raise ValueError(f"num_heads ({num_heads}) must divide the channels of every level for cross-attention, "
                              f"got {[base_channels * m for m in channel_mults]}")
