@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checks import check_finite, check_int
+from ..checks import check_int
 from .embeddings import TimeMLP, prepare_time_and_labels
-from .unet import AttentionBlock, Downsample, ResBlock, check_architecture
+from .unet import AttentionBlock, Downsample, ResBlock, check_architecture, check_images
 
 
 class NoisyClassifier(nn.Module):
@@ -103,15 +103,7 @@ class NoisyClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Logits of p_phi(y | x_t, t) for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, classes)."""
-        check_finite("x", x)
-        if not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        factor = 2 ** (len(self.channel_mults) - 1)
-        if x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"x's height and width must be divisible by {factor} (2 ** (len(channel_mults) - 1)), "
-                             f"got {tuple(x.shape[2:])}")
+        check_images(x, self.in_channels, self.channel_mults)
         t, _ = prepare_time_and_labels(x, t, None, None)  # (B,)
 
         emb = F.silu(self.time_mlp(t))                               # (B, E), shared by all blocks

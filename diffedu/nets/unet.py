@@ -162,6 +162,20 @@ def check_architecture(in_channels: int, base_channels: int, channel_mults: Sequ
     return channel_mults, dropout
 
 
+def check_images(x: torch.Tensor, in_channels: int, channel_mults: Sequence[int]) -> None:
+    """Raise unless x is a finite float batch (B, in_channels, H, W) whose H and W survive the
+    len(channel_mults) - 1 halvings of the down path."""
+    check_finite("x", x)
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"x must have shape (B, {in_channels}, H, W), got {tuple(x.shape)}")
+    factor = 2 ** (len(channel_mults) - 1)
+    if x.shape[2] % factor or x.shape[3] % factor:
+        raise ValueError(f"x's height and width must be divisible by {factor} (2 ** (len(channel_mults) - 1)), "
+                         f"got {tuple(x.shape[2:])}")
+
+
 class UNet(nn.Module):
     """DDPM-style UNet ``net(x, t, cond=None)`` for images x of shape (B, in_channels, H, W), t in [0, 1].
 
@@ -302,15 +316,7 @@ class UNet(nn.Module):
         """Predict ``self.prediction`` for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, C, H, W).
 
         ``context`` (B, T, context_dim) is the text encoding a net built with ``context_dim`` attends to."""
-        check_finite("x", x)
-        if not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        factor = 2 ** (len(self.channel_mults) - 1)
-        if x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"x's height and width must be divisible by {factor} (2 ** (len(channel_mults) - 1)), "
-                             f"got {tuple(x.shape[2:])}")
+        check_images(x, self.in_channels, self.channel_mults)
         t, cond = prepare_time_and_labels(x, t, cond, self.num_classes)  # (B,), (B,) or None
         if (context is None) != (self.context_dim is None):
             raise ValueError("context must be given exactly when the net was built with context_dim, got "
