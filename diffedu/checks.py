@@ -64,6 +64,21 @@ def check_time(name: str, t: torch.Tensor, low: float = 0.0, high: float = 1.0) 
                          f"[{float(t.min()):.4g}, {float(t.max()):.4g}]")
 
 
+def check_start(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Raise unless ``x`` is where a sampler can start: a finite floating-point tensor (B, ...) with B >= 1.
+
+    Integer tensors are refused: noise must be drawn in floating point (a ``long`` x_T would be silently rounded).
+    """
+    if not torch.is_tensor(x):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (B, ...), got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (float32 or float64), got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (B, ...) with a batch of at least one, got {tuple(x.shape)}")
+    check_finite(name, x)
+    return x
+
+
 def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     """Raise unless tensors ``a`` and ``b`` have the same shape."""
     if a.shape != b.shape:

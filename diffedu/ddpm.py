@@ -13,23 +13,19 @@ the network sees the continuous time t_i = schedule.times[i] (i / N for a plain 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_finite, check_int, check_same_shape
-from .predictions import predict_x0_eps, prediction_of, targets
-from .schedules import DiscreteSchedule, broadcast_to
+from .grids import check_index_grid, index_coefficients
+from .predictions import predict_x0_eps, predict_x0_eps_at, prediction_of, targets
+from .sampling import Recorder, Trajectory, check_sampler_inputs
+from .schedules import DiscreteSchedule, broadcast_to, check_discrete
 
 Tensor = torch.Tensor
 VARIANCES = ("beta", "beta_tilde")
-
-
-def _check_schedule(schedule) -> DiscreteSchedule:
-    if not isinstance(schedule, DiscreteSchedule):
-        raise ValueError(f"schedule must be a DiscreteSchedule (DDPM's chain), got {type(schedule).__name__}")
-    return schedule
 
 
 def q_sample(schedule: DiscreteSchedule, x0: Tensor, i: Tensor, noise: Tensor | None = None,
@@ -38,7 +34,7 @@ def q_sample(schedule: DiscreteSchedule, x0: Tensor, i: Tensor, noise: Tensor | 
 
     x0: (B, ...), i: (B,) integer steps in [0, N]. Returns (x_i, eps), both (B, ...).
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_discrete(schedule)
     check_finite("x0", x0)
     i = schedule.check_index(i, low=0)
     if i.shape != (x0.shape[0],):
@@ -52,7 +48,7 @@ def q_sample(schedule: DiscreteSchedule, x0: Tensor, i: Tensor, noise: Tensor | 
 
 def q_posterior(schedule: DiscreteSchedule, x0: Tensor, x_i: Tensor, i: Tensor) -> tuple[Tensor, Tensor]:
     """Mean mu_tilde_i (B, ...) and variance beta_tilde_i (B, 1, ...) of q(x_{i-1} | x_i, x_0) (eq. 6-7)."""
-    schedule = _check_schedule(schedule)
+    schedule = check_discrete(schedule)
     check_same_shape("x0", x0, "x_i", x_i)
     check_finite("x0", x0)
     check_finite("x_i", x_i)
@@ -72,7 +68,7 @@ def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, cond: Ten
     eps (Ho et al.), x0, or v = alpha eps - sigma x0 (Salimans & Ho 2022). Returns the batch mean of the
     per-example mean squared error, a scalar.
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_discrete(schedule)
     check_finite("x0", x0)
     kind = prediction_of(model)
     if kind == "score":
@@ -104,44 +100,59 @@ def p_mean(model: Callable, x_i: Tensor, i: Tensor, schedule: DiscreteSchedule, 
     return mean, x0_hat
 
 
-@torch.no_grad()
-def ddpm_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, steps: int | None = None,
-                variance: str = "beta", cond: Tensor | None = None, clip_x0: bool = False,
-                generator: torch.Generator | None = None, progress: bool = True,
-                return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Ancestral sampling, Ho et al. Algorithm 2: x_{i-1} = mu_theta(x_i, i) + sigma_i z, and no noise at i = 1.
+class ReverseSteps(NamedTuple):
+    """The numbers of the reverse steps p(x_{k-1} | x_k), k = 1..K, of a K-step chain (index 0 unused)."""
 
-    Args:
-        model: ``net(x, t, cond)`` predicting eps, x0, v or the score (converted by ``predict_x0_eps``).
-        x_T: (B, ...) starting noise, N(0, I).
-        schedule: the DDPM chain; with ``steps`` = K < N it is respaced onto K evenly spaced indices
-            (``DiscreteSchedule.evenly_spaced``), the sub-chain keeping the original alpha_bars.
-        variance: 'beta' (sigma_i^2 = beta_i) or 'beta_tilde' (sigma_i^2 = beta_tilde_i).
-        clip_x0: clamp x0-hat to [-1, 1] at every step (for images in [-1, 1]).
-        generator: a torch.Generator on x_T's device, for reproducible noise.
-    Returns:
-        x_0 (B, ...); with ``return_trajectory``, also the list [x_N, ..., x_0] and the list of x0-hat per step.
+    chain: DiscreteSchedule  # the K-step chain
+    t: list[float]           # t_k: the time the model is shown
+    alpha: list[float]       # alpha(t_k), sigma(t_k): for the model's prediction
+    sigma: list[float]
+    c0: list[float]          # the posterior mean mu_tilde_k = c0_k x0 + ci_k x_k (eq. 7)
+    ci: list[float]
+    std: list[float]         # the standard deviation of the added noise, sqrt(beta_k) or sqrt(beta_tilde_k)
+
+
+def reverse_steps(schedule: DiscreteSchedule, indices: Tensor, variance: str) -> ReverseSteps:
+    """Check an index grid ending at 0 and compute, once, every number its ancestral steps use (``ReverseSteps``).
+
+    The K-step chain through the grid keeps the original alpha_bars (``DiscreteSchedule.respace``; K = N is the
+    chain itself), so its step k jumps from index indices[K - k] to indices[K - k + 1].
     """
-    schedule = _check_schedule(schedule)
-    check_finite("x_T", x_T)
+    seq = check_index_grid(schedule, indices)
+    if seq[-1] != 0:
+        raise ValueError(f"indices must end at index 0 (the data) for ancestral sampling, got final index {seq[-1]}")
     check_choice("variance", variance, VARIANCES)
-    if steps is not None:
-        schedule = schedule.evenly_spaced(check_int("steps", steps, 1, schedule.N))
-    x = x_T
-    trajectory, x0_preds = [x.cpu()], []
-    for i in tqdm(range(schedule.N, 0, -1), disable=not progress, desc="DDPM sampling"):
-        i_now = torch.tensor(i)  # one step index for the whole batch
-        mean, x0_hat = p_mean(model, x, i_now, schedule, cond, clip_x0)
-        if i > 1:
-            var = broadcast_to(reverse_step_variance(schedule, i_now, variance), x)  # scalar
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = mean + var.sqrt() * z
-        else:
-            x = mean
-        if return_trajectory:
-            trajectory.append(x.cpu())
-            x0_preds.append(x0_hat.cpu())
-    return (x, trajectory, x0_preds) if return_trajectory else x
+    chain = schedule.respace(seq[-2::-1])
+    k = torch.arange(chain.N + 1).clamp(min=1)  # 1, 1, 2, ..., K
+    _, t, alpha, sigma = index_coefficients(chain, list(range(chain.N + 1)))
+    c0, ci = chain.posterior_coefficients(k)
+    std = reverse_step_variance(chain, k, variance).sqrt()
+    return ReverseSteps(chain, t, alpha, sigma, c0.tolist(), ci.tolist(), std.tolist())
+
+
+@torch.no_grad()
+def ddpm_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indices: Tensor, *,
+                variance: str = "beta", clip_x0: bool = False, cond: Tensor | None = None,
+                generator: torch.Generator | None = None, progress: bool = True,
+                return_trajectory: bool = False) -> Tensor | Trajectory:
+    """Ancestral sampling, Ho et al. Algorithm 2: x_{k-1} = mu_theta(x_k, k) + sigma_k z, no noise at the last step.
+
+    ``indices`` = ``index_grid(schedule, K)`` ending at 0 (K = N: every step); x_T (B, ...) is N(0, I) noise;
+    variance: sigma_k^2 = beta_k ('beta') or beta_tilde_k ('beta_tilde'); clip_x0 clamps x0-hat to [-1, 1] (images);
+    ``generator`` (on x_T's device) draws z. Returns x_0 (B, ...), or a ``Trajectory`` [x_K, ..., x_0].
+    """
+    r = reverse_steps(schedule, indices, variance)
+    check_sampler_inputs(model, x_T, r.t[-1], cond)
+    x, out = x_T, Recorder(x_T, return_trajectory)
+    for k in tqdm(range(r.chain.N, 0, -1), disable=not progress, desc="DDPM sampling"):
+        x0_hat, _ = predict_x0_eps_at(model, x, r.t[k], r.alpha[k], r.sigma[k], cond)
+        if clip_x0:
+            x0_hat = x0_hat.clamp(-1.0, 1.0)
+        x = r.c0[k] * x0_hat + r.ci[k] * x  # the posterior mean mu_tilde_k(x_k, x0_hat), eq. 7
+        if k > 1:
+            x = x + r.std[k] * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        out.add(x, x0_hat)
+    return out.result(x)
 
 
 # --- the variational bound (Ho et al. eq. 5; Sohl-Dickstein et al. 2015) ---------------------------------------
@@ -187,7 +198,7 @@ def elbo_terms(model: Callable, x0: Tensor, schedule: DiscreteSchedule, num_bins
     With ``num_terms`` = M < N - 1 the middle sum is estimated without bias from M random i per example
     ((N - 1) times their mean). Returns 'prior', 'diffusion', 'decoder', 'total' (each (B,)) and 'bpd' (B,).
     """
-    schedule = _check_schedule(schedule)
+    schedule = check_discrete(schedule)
     check_finite("x0", x0)
     check_choice("variance", variance, VARIANCES)
     B, D, N = x0.shape[0], x0[0].numel(), schedule.N

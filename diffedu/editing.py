@@ -35,9 +35,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_finite, check_int, check_scalar
-from .ddim import check_discrete, ddim_sample
-from .ddpm import VARIANCES, p_mean, q_sample, reverse_step_variance
-from .schedules import DiscreteSchedule
+from .ddim import ddim_sample
+from .ddpm import q_sample, reverse_steps
+from .grids import index_grid
+from .predictions import predict_x0_eps_at
+from .sampling import Recorder, Trajectory, check_sampler_inputs
+from .schedules import DiscreteSchedule, check_discrete
 
 Tensor = torch.Tensor
 METHODS = ("replace", "repaint")
@@ -95,7 +98,8 @@ def sdedit(model: Callable, x_guide: Tensor, schedule: DiscreteSchedule, strengt
     B = x_guide.shape[0]
     x_t0, _ = q_sample(schedule, x_guide, torch.full((B,), i0), generator=generator)  # alpha x_g + sigma eps
     K = min(i0, max(1, round(steps * i0 / schedule.N)))  # reverse steps from i0 down to 0
-    out = ddim_sample(model, x_t0, truncated_chain(schedule, i0), K, eta=eta, cond=cond, generator=generator,
+    chain = truncated_chain(schedule, i0)
+    out = ddim_sample(model, x_t0, chain, index_grid(chain, K), eta=eta, cond=cond, generator=generator,
                       progress=progress)
     return (out, x_t0) if return_start else out
 
@@ -150,13 +154,14 @@ def repaint_levels(K: int, jump_length: int, resample: int) -> list[int]:
 
 
 @torch.no_grad()
-def inpaint(model: Callable, x_known: Tensor, mask: Tensor, schedule: DiscreteSchedule, steps: int | None = None,
+def inpaint(model: Callable, x_known: Tensor, mask: Tensor, schedule: DiscreteSchedule, indices: Tensor, *,
             method: str = "repaint", jump_length: int | None = None, resample: int | None = None,
             variance: str = "beta_tilde", cond: Tensor | None = None, generator: torch.Generator | None = None,
-            progress: bool = True, return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor], list[int]]:
+            progress: bool = True, return_trajectory: bool = False) -> Tensor | Trajectory:
     """Fill in the pixels where ``mask`` is 0, keeping those where it is 1, with a model that never saw a mask.
 
-    Every down-step from level k to k - 1 of the (respaced) chain does (Lugmayr et al. 2022, eq. 8-10)
+    Every down-step from level k to k - 1 of the K-step chain through ``indices`` does (Lugmayr et al. 2022,
+    eq. 8-10)
 
         x_unknown = mu_theta(x_k, k) + sigma_k z               the model's ancestral step (no noise at k = 1)
         x_known   = sqrt(abar_{k-1}) x_known + sqrt(1 - abar_{k-1}) eps     the known image at level k - 1
@@ -164,28 +169,18 @@ def inpaint(model: Callable, x_known: Tensor, mask: Tensor, schedule: DiscreteSc
 
     and RePaint's up-steps re-noise the whole image with q(x_k | x_{k-1}) = N(sqrt(1 - beta_k) x_{k-1}, beta_k I).
 
-    Args:
-        model: ``net(x, t, cond)`` predicting eps, x0, v or the score.
-        x_known: (B, ...) images whose masked-in pixels are kept (the others are ignored but must be finite).
-        mask: 1 where x_known is known, 0 where to inpaint; broadcastable to x_known (``check_mask``).
-        schedule: the model's DDPM chain; with ``steps`` = K < N it is respaced onto K evenly spaced indices.
-        method: 'repaint' (resampling, default) or 'replace' (no resampling: resample = 1).
-        jump_length, resample: RePaint's j and r (``repaint_levels``); defaults min(10, K) and 10 as in the
-            paper. For 'replace', resample must be None or 1 and jump_length is not used.
-        variance: the ancestral step's sigma_k^2: 'beta_tilde' (default) or 'beta'.
-        cond: passed to the model (e.g. class labels for class-conditional inpainting).
-        generator: a torch.Generator on x_known's device, for reproducible noise.
-    Returns:
-        x_0 (B, ...), equal to x_known where mask = 1; with ``return_trajectory`` also the states at every visited
-        level and the list of levels (``repaint_levels``).
+    x_known (B, ...): its masked-in pixels are kept (the others are ignored but must be finite); mask: 1 where
+    known, broadcastable to x_known (``check_mask``); indices: ``index_grid(schedule, K)`` ending at 0; method:
+    'repaint' (default) or 'replace' (no resampling); jump_length, resample: RePaint's j and r
+    (``repaint_levels``), defaults min(10, K) and 10 as in the paper; variance: the ancestral step's sigma_k^2,
+    'beta_tilde' (default) or 'beta'. Returns x_0 (B, ...), equal to x_known where mask = 1, or a
+    ``Trajectory`` whose states are x at every visited level (``repaint_levels`` lists them).
     """
-    schedule = check_discrete(schedule)
-    check_finite("x_known", x_known)
+    r = reverse_steps(schedule, indices, variance)
+    check_sampler_inputs(model, x_known, r.t[-1], cond, name="x_known")
     m = check_mask(mask, x_known)
     check_choice("method", method, METHODS)
-    check_choice("variance", variance, VARIANCES)
-    sub = schedule if steps is None else schedule.evenly_spaced(check_int("steps", steps, 1, schedule.N))
-    K = sub.N
+    K = r.chain.N
     if method == "replace":
         if resample is not None and check_int("resample", resample, 1) != 1:
             raise ValueError(f"resample must be 1 (or None) for method='replace', got {resample}; "
@@ -198,27 +193,22 @@ def inpaint(model: Callable, x_known: Tensor, mask: Tensor, schedule: DiscreteSc
 
     B = x_known.shape[0]
     x = torch.randn(x_known.shape, generator=generator, device=x_known.device, dtype=x_known.dtype)  # x_K
-    trajectory = [x.cpu()]
-    moves = list(zip(levels[:-1], levels[1:]))
-    for k, k_next in tqdm(moves, disable=not progress, desc=f"inpainting ({method})"):
+    out = Recorder(x, return_trajectory)
+    for k, k_next in tqdm(list(zip(levels[:-1], levels[1:])), disable=not progress, desc=f"inpainting ({method})"):
         if k_next == k - 1:  # down: one reverse step for the unknown part, the known part noised to k - 1
-            i = torch.tensor(k)
-            mean, _ = p_mean(model, x, i, sub, cond)
+            x0_hat, _ = predict_x0_eps_at(model, x, r.t[k], r.alpha[k], r.sigma[k], cond)
+            x_unknown = r.c0[k] * x0_hat + r.ci[k] * x  # mu_tilde_k(x_k, x0_hat)
             if k > 1:
-                var = float(reverse_step_variance(sub, i, variance))
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x_unknown = mean + math.sqrt(var) * z
-            else:
-                x_unknown = mean
+                x_unknown = x_unknown + r.std[k] * z
             if k_next > 0:
-                x_kn, _ = q_sample(sub, x_known, torch.full((B,), k_next), generator=generator)
+                x_kn, _ = q_sample(r.chain, x_known, torch.full((B,), k_next), generator=generator)
             else:
                 x_kn = x_known
             x = m * x_kn + (1 - m) * x_unknown
         else:  # up: x_{k+1} ~ q(x_{k+1} | x_k) = N(sqrt(1 - beta_{k+1}) x_k, beta_{k+1} I)
-            beta = float(sub.betas[k_next])
+            beta = float(r.chain.betas[k_next])
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = math.sqrt(1 - beta) * x + math.sqrt(beta) * z
-        if return_trajectory:
-            trajectory.append(x.cpu())
-    return (x, trajectory, levels) if return_trajectory else x
+            x, x0_hat = math.sqrt(1 - beta) * x + math.sqrt(beta) * z, None
+        out.add(x, x0_hat)
+    return out.result(x)

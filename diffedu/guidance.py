@@ -91,12 +91,19 @@ class ClassifierFreeGuidance(nn.Module):
         self.null_label = check_int("null_label", null_label, 0)
         self.prediction = getattr(model, "prediction", "eps")
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def check_inputs(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> None:
+        """Raise a ValueError naming the argument unless ``guided(x, t, cond)`` is a valid call: cond (B,) class
+        ids in [0, null_label] or (B, T) token ids, then the model's own checks (once, at a sampler's entry)."""
         check_finite("x", x)
-        B = x.shape[0]
-        cond = check_labels(cond, B, None, "classifier-free guidance")
+        cond = check_labels(cond, x.shape[0], None, "classifier-free guidance")
         if cond.dim() == 1:  # class ids; token ids (B, T) are checked by the text model
-            check_labels(cond, B, self.null_label, "classifier-free guidance")
+            check_labels(cond, x.shape[0], self.null_label, "classifier-free guidance")
+        check = getattr(self.model, "check_inputs", None)
+        if check is not None:
+            check(x, t, cond)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        B = x.shape[0]
         t = _batch_times(t, x)                                                             # (B,)
         null = torch.full_like(cond, self.null_label)                                      # (B,) or (B, T)
         out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))  # (2B, ...)
@@ -140,17 +147,31 @@ class ClassifierGuidance(nn.Module):
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"classifier must return logits of shape ({x.shape[0]}, C), "
                                  f"got {tuple(logits.shape)}")
-            check_labels(cond, x.shape[0], logits.shape[1] - 1, "the classifier")
             log_p = torch.log_softmax(logits, dim=1)                                     # (B, C)
             selected = log_p[torch.arange(x.shape[0], device=log_p.device), cond.to(log_p.device)]  # (B,)
             # rows are independent, so the gradient of the sum is each row's own gradient
             (grad,) = torch.autograd.grad(selected.sum(), x_in)
         return grad.detach()
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def check_inputs(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> None:
+        """Raise a ValueError naming the argument unless ``guided(x, t, cond)`` is a valid call: cond (B,) class
+        ids in [0, C - 1] for the classifier's C classes (one classifier call finds C), then the model's and the
+        classifier's own checks. Samplers call this once, at their entry; ``forward`` checks nothing."""
         check_finite("x", x)
         B = x.shape[0]
-        cond = check_labels(cond, B, None, "classifier guidance")  # the range [0, C - 1] once C is known
+        cond = check_labels(cond, B, None, "classifier guidance")
+        for net, args in ((self.model, (x, t, cond if self.guide_conditional else None)), (self.classifier, (x, t))):
+            check = getattr(net, "check_inputs", None)
+            if check is not None:
+                check(*args)
+        with torch.no_grad():
+            logits = self.classifier(x, _batch_times(t, x))
+        if logits.dim() != 2 or logits.shape[0] != B:
+            raise ValueError(f"classifier must return logits of shape ({B}, C), got {tuple(logits.shape)}")
+        check_labels(cond, B, logits.shape[1] - 1, "the classifier")
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        B = x.shape[0]
         t = _batch_times(t, x)                                                              # (B,)
         pred = self.model(x, t, cond if self.guide_conditional else None)                   # (B, ...)
         if self.scale == 0.0:

@@ -35,36 +35,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_choice, check_finite, check_int, check_scalar, check_same_shape
-from .predictions import convert, prediction_of
+from .checks import check_choice, check_finite, check_int, check_scalar, check_same_shape, check_start
+from .grids import check_sigma_ladder, geometric_sigmas  # noqa: F401  (geometric_sigmas: NCSN's ladder)
+from .predictions import convert, predict_x0_eps_at, prediction_of
+from .sampling import Recorder, Trajectory, check_sampler_inputs
 from .schedules import VE, as_time
 
 Tensor = torch.Tensor
-
-
-def geometric_sigmas(sigma_max: float, sigma_min: float, L: int) -> Tensor:
-    """The noise ladder sigma_1 > ... > sigma_L, geometric from sigma_max to sigma_min (float64, shape (L,))."""
-    sigma_min = check_scalar("sigma_min", sigma_min, 0.0, math.inf, low_inclusive=False)
-    sigma_max = check_scalar("sigma_max", sigma_max, sigma_min, math.inf, low_inclusive=False)
-    L = check_int("L", L, 1)
-    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), L, dtype=torch.float64))
-
-
-def check_sigmas(sigmas: Tensor) -> Tensor:
-    """Validate a noise ladder: a finite, positive, strictly decreasing 1-D tensor (returned as float64)."""
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    if sigmas.dim() != 1 or sigmas.numel() < 1:
-        raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
-    check_finite("sigmas", sigmas)
-    if float(sigmas.min()) <= 0 or not bool((sigmas.diff() < 0).all()):
-        raise ValueError("sigmas must be positive and strictly decreasing (sigma_1 > ... > sigma_L)")
-    return sigmas
-
-
-def _check_ve(schedule) -> VE:
-    if not isinstance(schedule, VE):
-        raise ValueError(f"schedule must be a VE schedule (NCSN's noise process), got {type(schedule).__name__}")
-    return schedule
 
 
 # --- score matching for a score callable x -> s(x) ---------------------------------------------------------------
@@ -107,7 +84,7 @@ def _reduce(per_example: Tensor, reduction: str) -> Tensor:
 
 
 def score_fn(model: Callable, t: Tensor | float, schedule, cond: Tensor | None = None) -> Callable[[Tensor], Tensor]:
-    """The callable x -> grad_x log p_t(x) of ``model`` (any prediction type) frozen at time t.
+    """The callable x -> grad_x log p_t(x) = -eps-hat / sigma(t) of ``model`` (any prediction type) frozen at t.
 
     The adapter between the library's networks ``net(x, t, cond)`` and the score-matching objectives and
     ``langevin_dynamics``, which take a score callable; for a VE schedule pass ``t = schedule.time_of_sigma(sigma)``.
@@ -115,7 +92,8 @@ def score_fn(model: Callable, t: Tensor | float, schedule, cond: Tensor | None =
     t = as_time(t)
     if t.numel() != 1:
         raise ValueError(f"t must be a single time, got shape {tuple(t.shape)}")
-    return lambda x: model_score(model, x, t.reshape(()), schedule, cond)
+    (alpha,), (sigma,) = schedule.at(t.reshape(1))
+    return lambda x: -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
 
 
 def explicit_score_matching(score: Callable[[Tensor], Tensor], x: Tensor, reduction: str = "mean") -> Tensor:
@@ -225,13 +203,14 @@ def dsm_loss(model: Callable, x0: Tensor, schedule: VE, cond: Tensor | None = No
     explicit score matching on p_sigma has the same minimiser. Returns the batch mean of the per-example mean
     (over dimensions), a scalar.
     """
-    schedule = _check_ve(schedule)
+    if not isinstance(schedule, VE):
+        raise ValueError(f"schedule must be a VE schedule (NCSN's noise process), got {type(schedule).__name__}")
     check_finite("x0", x0)
     B = x0.shape[0]
     if sigmas is None:
         t = torch.rand(B, generator=generator, device=x0.device, dtype=torch.float64).cpu()  # (B,)
     else:
-        times = schedule.time_of_sigma(check_sigmas(sigmas))                                # (L,)
+        times = torch.tensor(check_sigma_ladder(schedule, sigmas)[1], dtype=torch.float64)  # (L,)
         level = torch.randint(len(times), (B,), generator=generator, device=x0.device).cpu()
         t = times[level]                                                                    # (B,)
     z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)   # (B, ...)
@@ -245,67 +224,54 @@ def dsm_loss(model: Callable, x0: Tensor, schedule: VE, cond: Tensor | None = No
     return ((sigma * score + z) ** 2).reshape(B, -1).mean(dim=1).mean()
 
 
-def model_score(model: Callable, x: Tensor, t: Tensor | float, schedule, cond: Tensor | None = None) -> Tensor:
-    """grad_x log p_t(x) according to ``model`` (any prediction type) at time t (scalar or (B,))."""
-    t = as_time(t)
-    alpha, sigma = schedule.coefficients(t, x)
-    pred = model(x, t.expand(x.shape[0]).to(device=x.device, dtype=x.dtype), cond)
-    if pred.shape != x.shape:
-        raise ValueError(f"model output must have the shape of x {tuple(x.shape)}, got {tuple(pred.shape)}")
-    return convert(pred, prediction_of(model), "score", x, alpha, sigma)
-
-
 def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: float, n_steps: int,
                       generator: torch.Generator | None = None,
-                      return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+                      return_trajectory: bool = False) -> Tensor | Trajectory:
     """Unadjusted Langevin dynamics x <- x + (alpha / 2) score(x) + sqrt(alpha) z (Song & Ermon 2019, eq. 4).
 
     As alpha -> 0 and n_steps -> inf the iterates sample p, whose score ``score`` (a callable x -> grad log p(x))
-    gives. x: (B, ...) starting points. With ``return_trajectory``, also the list of n_steps + 1 iterates.
+    gives. x: (B, ...) starting points. Returns x, or a ``Trajectory`` of the n_steps + 1 iterates.
     """
-    check_finite("x", x)
+    check_start("x", x)
     step_size = check_scalar("step_size", step_size, 0.0, math.inf, low_inclusive=False)
     n_steps = check_int("n_steps", n_steps, 0)
-    trajectory = [x]
+    out = Recorder(x, return_trajectory)
     for _ in range(n_steps):
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         s = score(x)
         check_same_shape("score(x)", s, "x", x)
         x = x + 0.5 * step_size * s + math.sqrt(step_size) * z
-        if return_trajectory:
-            trajectory.append(x)
-    return (x, trajectory) if return_trajectory else x
+        out.add(x)
+    return out.result(x)
 
 
 @torch.no_grad()
-def annealed_langevin(model: Callable, x: Tensor, schedule: VE, sigmas: Tensor, n_steps_each: int = 100,
-                      epsilon: float = 2e-5, cond: Tensor | None = None, denoise: bool = True,
-                      generator: torch.Generator | None = None, progress: bool = True,
-                      return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+def annealed_langevin_sample(model: Callable, x_T: Tensor, schedule: VE, sigmas: Tensor, *,
+                             n_steps_each: int = 100, epsilon: float = 2e-5, denoise: bool = True,
+                             cond: Tensor | None = None, generator: torch.Generator | None = None,
+                             progress: bool = True, return_trajectory: bool = False) -> Tensor | Trajectory:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
 
-    For each level sigma_i of the ladder ``sigmas`` (decreasing, inside the schedule's range), run
+    For each level sigma_i of the ladder ``sigmas`` (``geometric_sigmas``, inside the schedule's range), run
     ``n_steps_each`` Langevin steps with step size alpha_i = epsilon * sigma_i^2 / sigma_L^2, using the model's
     score at that level. With ``denoise`` (Jolicoeur-Martineau et al. 2021; Song & Ermon 2020) finish with one
-    Tweedie step x <- x + sigma_L^2 s(x, sigma_L), which removes the last level's noise.
-    x: (B, ...) start, usually sigma_1 * N(0, I). Returns the sample (and, if asked, x after every level).
+    Tweedie step x <- x + sigma_L^2 s(x, sigma_L), which removes the last level's noise. x_T: (B, ...), usually
+    sigma_1 N(0, I). Returns the sample, or a ``Trajectory`` (x after each level; x0-hat at each level's last call).
     """
-    schedule = _check_ve(schedule)
-    check_finite("x", x)
-    sigmas = check_sigmas(sigmas)
-    times = schedule.time_of_sigma(sigmas)  # (L,), raises if a level is outside the schedule
+    sigma, t = check_sigma_ladder(schedule, sigmas)  # sigma_1 > ... > sigma_L and their times
+    check_sampler_inputs(model, x_T, t[0], cond)
     n_steps_each = check_int("n_steps_each", n_steps_each, 1)
     epsilon = check_scalar("epsilon", epsilon, 0.0, math.inf, low_inclusive=False)
-    sigma_L = float(sigmas[-1])
-    trajectory = [x]
-    for sigma_i, t_i in tqdm(list(zip(sigmas.tolist(), times)), disable=not progress, desc="annealed Langevin"):
-        alpha_i = epsilon * sigma_i ** 2 / sigma_L ** 2
-        x = langevin_dynamics(lambda y: model_score(model, y, t_i, schedule, cond), x, alpha_i, n_steps_each,
-                              generator=generator)
-        if return_trajectory:
-            trajectory.append(x)
+    one, std = schedule.at(torch.tensor(t, dtype=torch.float64))  # alpha = 1 and sigma(t_i) of the VE process
+    x, out = x_T, Recorder(x_T, return_trajectory)
+    for i in tqdm(range(len(sigma)), disable=not progress, desc="annealed Langevin"):
+        alpha_i = epsilon * sigma[i] ** 2 / sigma[-1] ** 2  # step size
+        for _ in range(n_steps_each):
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x0_hat, eps_hat = predict_x0_eps_at(model, x, t[i], one[i], std[i], cond)
+            x = x + 0.5 * alpha_i * (-eps_hat / std[i]) + math.sqrt(alpha_i) * z  # score = -eps-hat / sigma
+        out.add(x, x0_hat)
     if denoise:
-        x = x + sigma_L ** 2 * model_score(model, x, times[-1], schedule, cond)
-        if return_trajectory:
-            trajectory.append(x)
-    return (x, trajectory) if return_trajectory else x
+        eps_hat = predict_x0_eps_at(model, x, t[-1], one[-1], std[-1], cond)[1]
+        x = x + sigma[-1] ** 2 * (-eps_hat / std[-1])
+    return out.result(x)

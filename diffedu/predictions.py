@@ -9,7 +9,8 @@ Song et al. 2021, eq. for the Gaussian score):
     eps   = (sigma * x_t + alpha * v) / (alpha^2 + sigma^2)
 
 (the last two reduce to x0 = alpha x_t - sigma v and eps = sigma x_t + alpha v when alpha^2 + sigma^2 = 1).
-Samplers never look at a network's raw output: they call ``predict_x0_eps`` and use x0-hat and eps-hat.
+Samplers never look at a network's raw output: they call ``predict_x0_eps_at`` and use x0-hat and eps-hat (and the
+score -eps-hat / sigma).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .checks import check_batch_time, check_choice, check_finite
+from .checks import check_choice, check_finite
 from .schedules import NoiseSchedule, as_time
 
 Tensor = torch.Tensor
@@ -82,38 +83,32 @@ def prediction_of(model: Callable) -> str:
     return check_choice("model.prediction", kind, PREDICTIONS)
 
 
-def predict_x0_eps(model: Callable, x_t: Tensor, t: Tensor | float, schedule: NoiseSchedule,
-                   cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Call ``model(x_t, t, cond)`` and return (x0-hat, eps-hat), whatever the model predicts.
-
-    x_t: (B, ...); t: scalar or (B,) continuous times in [0, 1]. This is the only way samplers use a network.
-    """
-    check_finite("x_t", x_t)
-    t = as_time(t)
-    check_batch_time("x_t", x_t, "t", t)
-    alpha, sigma = schedule.coefficients(t, x_t)  # each (B, 1, ...), or scalars when t is one time for all
-    pred = model(x_t, t.expand(x_t.shape[0]).to(device=x_t.device, dtype=x_t.dtype), cond)  # (B, ...)
-    return _x0_and_eps(model, pred, x_t, alpha, sigma)
-
-
-def predict_x0_eps_at(model: Callable, x_t: Tensor, t: float, alpha: float, sigma: float,
+def predict_x0_eps_at(model: Callable, x_t: Tensor, t: float | Tensor, alpha: float | Tensor, sigma: float | Tensor,
                       cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``predict_x0_eps`` at one time t for the whole batch, with alpha(t) and sigma(t) already known.
+    """(x0-hat, eps-hat) of ``model`` at x_t (B, ...), whatever it predicts: every sampler calls a model here.
 
-    A sampler knows its whole grid before it starts, so it computes each (t, alpha, sigma) once, in float64, as
-    Python numbers, and passes them here: the step then costs the network call and a few tensor operations, not
-    a schedule evaluation. x_t (B, ...) is checked once by the sampler (x_T), not at every call.
+    t is one time for the whole batch (a float) or one per row ((B,)); alpha = alpha(t) and sigma = sigma(t)
+    are given (floats, or tensors that broadcast against x_t): a sampler computes them once for its whole grid.
     """
-    pred = model(x_t, torch.full((x_t.shape[0],), t, device=x_t.device, dtype=x_t.dtype), cond)  # (B, ...)
-    return _x0_and_eps(model, pred, x_t, alpha, sigma)
-
-
-def _x0_and_eps(model: Callable, pred: Tensor, x_t: Tensor, alpha: Tensor | float,
-                sigma: Tensor | float) -> tuple[Tensor, Tensor]:
-    """(x0-hat, eps-hat) from the raw output ``pred`` of ``model``, whatever it predicts."""
+    if not torch.is_tensor(t):
+        t = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=x_t.dtype)  # (B,)
+    pred = model(x_t, t, cond)                                                     # (B, ...)
     if pred.shape != x_t.shape:
         raise ValueError(f"model output must have the shape of x_t {tuple(x_t.shape)}, got {tuple(pred.shape)}")
     kind = prediction_of(model)
-    x0 = to_x0(pred, kind, x_t, alpha, sigma)
-    eps = pred if kind == "eps" else to_eps(pred, kind, x_t, alpha, sigma)
-    return x0, eps
+    x0_hat = to_x0(pred, kind, x_t, alpha, sigma)
+    eps_hat = pred if kind == "eps" else to_eps(pred, kind, x_t, alpha, sigma)
+    return x0_hat, eps_hat
+
+
+def predict_x0_eps(model: Callable, x_t: Tensor, t: Tensor | float, schedule: NoiseSchedule,
+                   cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``predict_x0_eps_at`` with alpha(t), sigma(t) taken from ``schedule``: the checked entry point for one call.
+
+    x_t: (B, ...) finite; t: a scalar or (B,) continuous times in [0, 1].
+    """
+    check_finite("x_t", x_t)
+    t = as_time(t)
+    alpha, sigma = schedule.coefficients(t, x_t)  # each (B, 1, ...), or scalars when t is one time for all
+    return predict_x0_eps_at(model, x_t, t.expand(x_t.shape[0]).to(device=x_t.device, dtype=x_t.dtype), alpha,
+                             sigma, cond)

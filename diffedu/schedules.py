@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .checks import check_finite, check_int, check_scalar, check_time
+from .checks import check_batch_time, check_finite, check_int, check_scalar, check_time
 
 Tensor = torch.Tensor
 
@@ -65,9 +65,22 @@ class NoiseSchedule:
         return self.alpha(t) ** 2 / self.sigma(t) ** 2
 
     def coefficients(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(alpha(t), sigma(t)) shaped to broadcast against x (B, ...) and cast to x's dtype and device."""
+        """(alpha(t), sigma(t)) shaped to broadcast against x (B, ...) and cast to x's dtype and device.
+
+        t is one time for the whole batch (a scalar or shape (1,)) or one per row of x (shape (B,)).
+        """
         t = as_time(t)
+        check_batch_time("x", x, "t", t)
         return broadcast_to(self.alpha(t), x), broadcast_to(self.sigma(t), x)
+
+    def at(self, times: Tensor) -> tuple[list[float], list[float]]:
+        """alpha(t_k) and sigma(t_k) at every point of a sampler's time grid, as Python floats (float64).
+
+        A sampler knows its grid before it starts, so it evaluates the schedule here once; each step then costs
+        the network call and a few tensor operations, and no schedule arithmetic of its own.
+        """
+        times = as_time(times)
+        return self.alpha(times).tolist(), self.sigma(times).tolist()
 
     def time_of_log_snr(self, lam: Tensor) -> Tensor:
         """The time t in [0, 1] with log_snr(t) = lam (float64), for lam inside the schedule's range.
@@ -102,8 +115,8 @@ class DiscreteSchedule(NoiseSchedule):
         if betas.dim() != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a non-empty 1-D tensor, got shape {tuple(betas.shape)}")
         check_finite("betas", betas)
-        if float(betas.min()) <= 0.0 or float(betas.max()) > 1.0:
-            raise ValueError(f"betas must lie in (0, 1], got values in [{float(betas.min()):.4g}, "
+        if float(betas.min()) <= 0.0 or float(betas.max()) >= 1.0:  # beta = 1 would make alpha_bar 0: no signal
+            raise ValueError(f"betas must lie in (0, 1), got values in [{float(betas.min()):.4g}, "
                              f"{float(betas.max()):.4g}]")
         self.N = betas.numel()
         self.betas = torch.cat([torch.zeros(1, dtype=torch.float64), betas])  # (N + 1,)
@@ -179,12 +192,15 @@ class DiscreteSchedule(NoiseSchedule):
         """The chain that visits only ``indices`` (increasing, within 1..N): K steps instead of N.
 
         Its betas are chosen so its alpha_bars equal the original's at the kept indices (Nichol & Dhariwal 2021,
-        Sec. 4): beta'_k = 1 - alpha_bar_{tau_k} / alpha_bar_{tau_{k-1}}, tau_0 = 0. Times are kept too.
+        Sec. 4): beta'_k = 1 - alpha_bar_{tau_k} / alpha_bar_{tau_{k-1}}, tau_0 = 0. Times are kept too. All N
+        indices give the chain itself.
         """
         tau = torch.as_tensor(indices, dtype=torch.long)
         if tau.dim() != 1 or tau.numel() < 1 or not bool((tau.diff() > 0).all()):
             raise ValueError("indices must be a non-empty, strictly increasing 1-D list of step indices")
         self.check_index(tau)
+        if tau.numel() == self.N:  # every index, 1..N: the chain itself (recomputed betas would differ by rounding)
+            return self
         tau = torch.cat([torch.zeros(1, dtype=torch.long), tau])
         ab = self.alpha_bars[tau]
         return DiscreteSchedule(1 - ab[1:] / ab[:-1], times=self.times[tau])
@@ -196,11 +212,18 @@ class DiscreteSchedule(NoiseSchedule):
         return self.respace(torch.round(k * self.N / steps).long())
 
 
+def check_discrete(schedule) -> DiscreteSchedule:
+    """Raise unless ``schedule`` is a DiscreteSchedule: DDPM, DDIM and PLMS step between indices of DDPM's chain."""
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ValueError(f"schedule must be a DiscreteSchedule (DDPM's chain), got {type(schedule).__name__}")
+    return schedule
+
+
 def linear_schedule(N: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> DiscreteSchedule:
     """Ho et al. (2020, Sec. 4): beta_i linear from beta_1 = 1e-4 to beta_N = 0.02 over N = 1000 steps."""
     N = check_int("N", N, 1)
     beta_start = check_scalar("beta_start", beta_start, 0.0, 1.0, low_inclusive=False)
-    beta_end = check_scalar("beta_end", beta_end, beta_start, 1.0)
+    beta_end = check_scalar("beta_end", beta_end, beta_start, 1.0, high_inclusive=False)
     return DiscreteSchedule(torch.linspace(beta_start, beta_end, N, dtype=torch.float64))
 
 
@@ -217,7 +240,7 @@ def cosine_schedule(N: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     """
     N = check_int("N", N, 1)
     s = check_scalar("s", s, 0.0, 1.0)
-    max_beta = check_scalar("max_beta", max_beta, 0.0, 1.0, low_inclusive=False)
+    max_beta = check_scalar("max_beta", max_beta, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
     t = torch.arange(N + 1, dtype=torch.float64) / N
     ab = cosine_alpha_bar(t, s)
     return DiscreteSchedule(torch.clamp(1 - ab[1:] / ab[:-1], max=max_beta))

@@ -13,39 +13,35 @@ d(mean)/dt = f mean and its variance by d(var)/dt = 2 f var + g^2, so any schedu
 
 ``sde_coefficients`` gives the papers' closed forms (VP eq. 11, sub-VP eq. 16, VE eq. 9) and (1) by automatic
 differentiation for any other ``NoiseSchedule`` (DDPM's chain: log alpha_bar is piecewise linear in t, so f and g
-are piecewise constant). The samplers are pure functions over a model (any prediction type, read as a score
-through ``diffedu.ncsn.model_score``), running on the grid t_0 = t_max > t_1 > ... > t_steps = t_min:
+are piecewise constant). The samplers are pure functions over a model (any prediction type, read as the score
+-eps-hat / sigma), running on a grid t_0 = t_max > t_1 > ... > t_K = t_min (``grids.time_grid``):
 
-* ``euler_maruyama``: the reverse SDE, one Euler–Maruyama step per grid interval;
-* ``predictor_corrector``: a predictor step (Euler–Maruyama or reverse diffusion) followed by Langevin corrector
-  steps with a signal-to-noise step size (Song et al. Algorithms 2-5);
+* ``euler_maruyama_sample``: the reverse SDE, one Euler–Maruyama step per grid interval;
+* ``predictor_corrector_sample``: a predictor step (Euler–Maruyama or reverse diffusion) followed by Langevin
+  corrector steps with a signal-to-noise step size (Song et al. Algorithms 2-5);
 * ``ode_sample``: the probability-flow ODE with fixed steps (Euler, Heun or RK4).
 
-``log_likelihood`` integrates the probability-flow ODE with an adaptive solver (Chen et al. 2018; Grathwohl et al.
-2019; Song et al. 2021, App. D.2) for the exact log-density, and ``bits_per_dim`` turns it into bits on images.
+The exact likelihood through the probability-flow ODE is in ``diffedu.likelihood``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_finite, check_int, check_scalar
-from .ncsn import model_score
-from .predictions import predict_x0_eps
+from .grids import check_time_grid, time_grid  # noqa: F401  (time_grid: the grid these samplers walk)
+from .predictions import predict_x0_eps_at
+from .sampling import Recorder, Trajectory, check_sampler_inputs
 from .schedules import VE, NoiseSchedule, SubVP, VPLinear, as_time
 
 Tensor = torch.Tensor
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion")
 ODE_METHODS = ("euler", "heun", "rk4")
-TRACES = ("exact", "hutchinson")
-PROBES = ("rademacher", "gaussian")
 
 
 # --- the forward SDE of a schedule ---------------------------------------------------------------------------
@@ -184,7 +180,7 @@ def prior_log_prob(schedule: NoiseSchedule, x: Tensor, t: float = 1.0) -> Tensor
     return -0.5 * (x64 ** 2).sum(1) / s ** 2 - 0.5 * D * math.log(2 * math.pi * s ** 2)
 
 
-# --- time grids and checks -------------------------------------------------------------------------------------
+# --- the model's score at one time ---------------------------------------------------------------------------
 
 def default_t_min(schedule: NoiseSchedule) -> float:
     """Where sampling stops: 1e-3 for VP-type schedules (sigma(0) = 0 makes the score blow up at t = 0), and 0
@@ -192,87 +188,53 @@ def default_t_min(schedule: NoiseSchedule) -> float:
     return 0.0 if isinstance(schedule, VE) else 1e-3
 
 
-def _check_interval(schedule: NoiseSchedule, t_min: float | None, t_max: float) -> tuple[float, float]:
-    t_min = default_t_min(schedule) if t_min is None else t_min
-    t_min = check_scalar("t_min", t_min, 0.0, 1.0)
-    t_max = check_scalar("t_max", t_max, 0.0, 1.0)
-    if t_min >= t_max:
-        raise ValueError(f"t_min must be smaller than t_max, got t_min={t_min} and t_max={t_max}")
-    if float(schedule.sigma(t_min)) <= 0.0:
-        raise ValueError(f"t_min must be > 0 for {schedule!r}: sigma(t_min) = 0 there and the score is infinite "
-                         f"(try t_min = 1e-3)")
-    return t_min, t_max
-
-
-def time_grid(steps: int, t_min: float, t_max: float = 1.0) -> Tensor:
-    """The steps + 1 times t_0 = t_max > t_1 > ... > t_steps = t_min, evenly spaced (float64), as in Song et al."""
-    steps = check_int("steps", steps, 1)
-    t_min = check_scalar("t_min", t_min, 0.0, 1.0)
-    t_max = check_scalar("t_max", t_max, 0.0, 1.0)
-    if t_min >= t_max:
-        raise ValueError(f"t_min must be smaller than t_max, got t_min={t_min} and t_max={t_max}")
-    return torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
-
-
-def _check_start(name: str, x: Tensor, cond: Tensor | None) -> None:
-    check_finite(name, x)
-    if x.dim() < 2:
-        raise ValueError(f"{name} must have shape (B, ...) with a batch dimension, got {tuple(x.shape)}")
-    if cond is not None and cond.shape[0] != x.shape[0]:
-        raise ValueError(f"cond must have one entry per row of {name} ({x.shape[0]}), got shape {tuple(cond.shape)}")
-
-
-def tweedie_denoise(model: Callable, x: Tensor, t: float, schedule: NoiseSchedule,
-                    cond: Tensor | None = None) -> Tensor:
-    """The last, noise-free step: x0_hat = E[x0 | x_t] = (x_t + sigma^2 score) / alpha (Tweedie; Efron 2011)."""
-    return predict_x0_eps(model, x, t, schedule, cond)[0]
-
-
-def _finish(model, x, t_min, schedule, cond, denoise, trajectory, return_trajectory):
-    if denoise:
-        x = tweedie_denoise(model, x, t_min, schedule, cond)
-        if return_trajectory:
-            trajectory.append(x.cpu())
-    return (x, trajectory) if return_trajectory else x
+def _at(schedule: NoiseSchedule, t: float) -> tuple[float, float, float, float]:
+    """f(t), g(t), alpha(t), sigma(t) as Python floats: one step's coefficients."""
+    f, g = sde_coefficients(schedule, t)
+    alpha, sigma = schedule.at(torch.tensor([float(t)], dtype=torch.float64))
+    return float(f), float(g), alpha[0], sigma[0]
 
 
 # --- reverse-time SDE samplers -----------------------------------------------------------------------------------
 
-def reverse_drift(model: Callable, x: Tensor, t: float, schedule: NoiseSchedule,
-                  cond: Tensor | None = None) -> Tensor:
-    """The reverse SDE's drift f(t) x - g(t)^2 s(x, t) (Song eq. 6), with the model's score s."""
-    f, g = sde_coefficients(schedule, t)
-    return float(f) * x - float(g) ** 2 * model_score(model, x, t, schedule, cond)
-
-
 def euler_maruyama_step(model: Callable, x: Tensor, t: float, s: float, schedule: NoiseSchedule,
-                        cond: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """One Euler–Maruyama step of the reverse SDE from t down to s < t, h = t - s:
+                        cond: Tensor | None = None,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One Euler–Maruyama step of the reverse SDE (Song eq. 6) from t down to s < t, h = t - s:
 
-        x_s = x_t - [f(t) x_t - g(t)^2 s(x_t, t)] h + g(t) sqrt(h) z,    z ~ N(0, I).
+        x_s = x_t - [f(t) x_t - g(t)^2 score(x_t, t)] h + g(t) sqrt(h) z,    z ~ N(0, I).
+
+    Returns x_s and the model's x0-hat at (x_t, t).
     """
     h = float(t) - float(s)
-    _, g = sde_coefficients(schedule, t)
+    f, g, alpha, sigma = _at(schedule, t)
+    x0_hat, eps_hat = predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)
+    score = -eps_hat / sigma
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x - reverse_drift(model, x, t, schedule, cond) * h + float(g) * math.sqrt(h) * z
+    return x - (f * x - g ** 2 * score) * h + g * math.sqrt(h) * z, x0_hat
 
 
 def reverse_diffusion_step(model: Callable, x: Tensor, t: float, s: float, schedule: NoiseSchedule,
-                           cond: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+                           cond: Tensor | None = None,
+                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """One reverse-diffusion step from t down to s (Song et al. eq. 46), built on the forward step's own kernel.
 
     Between s and t the forward process is exactly x_t = a x_s + b z with a = alpha(t) / alpha(s) and
     b^2 = sigma(t)^2 - a^2 sigma(s)^2; read as one step x_t = x_s + f_s(x_s) + b z with f_s(x) = (a - 1) x, its
     reverse is
-        x_s = x_t - (a - 1) x_t + b^2 s(x_t, t) + b z.
+        x_s = x_t - (a - 1) x_t + b^2 score(x_t, t) + b z.
     For VE (a = 1) this is NCSN's b^2 = sigma_t^2 - sigma_s^2 (Song et al. Alg. 2); for DDPM's chain
     (a = sqrt(1 - beta_i), b^2 = beta_i) it is the first-order expansion of DDPM's ancestral step.
+    Returns x_s and the model's x0-hat at (x_t, t).
     """
-    t64, s64 = as_time(t), as_time(s)
-    a = float(schedule.alpha(t64) / schedule.alpha(s64))
-    b2 = max(float(schedule.sigma(t64) ** 2 - a ** 2 * schedule.sigma(s64) ** 2), 0.0)
+    _, _, alpha_t, sigma_t = _at(schedule, t)
+    _, _, alpha_s, sigma_s = _at(schedule, s)
+    a = alpha_t / alpha_s
+    b2 = max(sigma_t ** 2 - a ** 2 * sigma_s ** 2, 0.0)
+    x0_hat, eps_hat = predict_x0_eps_at(model, x, float(t), alpha_t, sigma_t, cond)
+    score = -eps_hat / sigma_t
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (2 - a) * x + b2 * model_score(model, x, t, schedule, cond) + math.sqrt(b2) * z
+    return (2 - a) * x + b2 * score + math.sqrt(b2) * z, x0_hat
 
 
 def langevin_corrector_step(model: Callable, x: Tensor, t: float, schedule: NoiseSchedule, snr: float,
@@ -285,7 +247,8 @@ def langevin_corrector_step(model: Callable, x: Tensor, t: float, schedule: Nois
     r = ``snr``; alpha_i = 1 for VE and 1 - beta_i of the current step for VP. As in the reference code the two
     norms are per-example norms averaged over the batch (a per-example ratio explodes where the score vanishes).
     """
-    score = model_score(model, x, t, schedule, cond)
+    _, _, alpha, sigma = _at(schedule, t)
+    score = -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
     z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     B = x.shape[0]
     score_norm = score.reshape(B, -1).norm(dim=1).mean()
@@ -294,119 +257,111 @@ def langevin_corrector_step(model: Callable, x: Tensor, t: float, schedule: Nois
     return x + eps * score + torch.sqrt(2 * eps) * z
 
 
-@torch.no_grad()
-def euler_maruyama(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: int, t_min: float | None = None,
-                   t_max: float = 1.0, cond: Tensor | None = None, denoise: bool = True,
-                   generator: torch.Generator | None = None, progress: bool = True,
-                   return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Sample by solving the reverse SDE (Song eq. 6) with ``steps`` Euler–Maruyama steps from t_max to t_min.
+def _denoise(model: Callable, x: Tensor, t: float, schedule: NoiseSchedule, cond: Tensor | None) -> Tensor:
+    """The last, noise-free step: x0-hat = E[x0 | x_t] (Tweedie; Efron 2011), one more model call."""
+    _, _, alpha, sigma = _at(schedule, t)
+    return predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[0]
 
-    Args:
-        model: ``net(x, t, cond)`` predicting eps, x0, v or the score (read as a score by ``model_score``).
-        x_T: (B, ...) the start, drawn from the prior (``prior_sample``).
-        schedule: any ``NoiseSchedule``; its SDE comes from ``sde_coefficients``.
-        t_min: where to stop (default ``default_t_min``: 1e-3, or 0 for VE); t_max: where to start (1).
-        denoise: finish with Tweedie's x0_hat at t_min (one more model call); otherwise x ~ p_{t_min}.
-        generator: a torch.Generator on x_T's device, for reproducible noise.
-    Returns:
-        the sample (B, ...); with ``return_trajectory``, also the list of states [x_{t_0}, ..., x_{t_steps}]
-        (and x0_hat last, if ``denoise``), on the CPU. The number of model calls is steps (+ 1 with denoise).
+
+@torch.no_grad()
+def euler_maruyama_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, *,
+                          denoise: bool = True, cond: Tensor | None = None,
+                          generator: torch.Generator | None = None, progress: bool = True,
+                          return_trajectory: bool = False) -> Tensor | Trajectory:
+    """Sample by solving the reverse SDE (Song eq. 6) with one Euler–Maruyama step per interval of ``times``.
+
+    x_T (B, ...) from the prior (``prior_sample``); ``times`` = ``time_grid(K, t_min, t_max)``, decreasing;
+    ``denoise``: finish with Tweedie's x0-hat at t_min (one more call), otherwise x ~ p_{t_min}; ``generator`` on
+    x_T's device. NFE = K (+ 1 with denoise). Returns the sample (B, ...), or a ``Trajectory`` (its states: the
+    K + 1 grid states, before the final denoising).
     """
-    _check_start("x_T", x_T, cond)
-    t_min, t_max = _check_interval(schedule, t_min, t_max)
-    ts = time_grid(steps, t_min, t_max)
-    x, trajectory = x_T, [x_T.cpu()]
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="Euler–Maruyama"):
-        x = euler_maruyama_step(model, x, ts[i], ts[i + 1], schedule, cond, generator)
-        if return_trajectory:
-            trajectory.append(x.cpu())
-    return _finish(model, x, t_min, schedule, cond, denoise, trajectory, return_trajectory)
+    t = check_time_grid(schedule, times)
+    check_sampler_inputs(model, x_T, t[0], cond)
+    x, out = x_T, Recorder(x_T, return_trajectory)
+    for k in tqdm(range(len(t) - 1), disable=not progress, desc="Euler–Maruyama"):
+        x, x0_hat = euler_maruyama_step(model, x, t[k], t[k + 1], schedule, cond, generator)
+        out.add(x, x0_hat)
+    return out.result(_denoise(model, x, t[-1], schedule, cond) if denoise else x)
 
 
 @torch.no_grad()
-def predictor_corrector(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: int,
-                        predictor: str = "reverse_diffusion", corrector_steps: int = 1, snr: float = 0.16,
-                        t_min: float | None = None, t_max: float = 1.0, cond: Tensor | None = None,
-                        denoise: bool = True, generator: torch.Generator | None = None, progress: bool = True,
-                        return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+def predictor_corrector_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, *,
+                               predictor: str = "reverse_diffusion", corrector_steps: int = 1, snr: float = 0.16,
+                               denoise: bool = True, cond: Tensor | None = None,
+                               generator: torch.Generator | None = None, progress: bool = True,
+                               return_trajectory: bool = False) -> Tensor | Trajectory:
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1; Alg. 2 for VE, Alg. 3 for VP).
 
-    At each grid step t_i -> t_{i+1}: one predictor step ('euler_maruyama' or 'reverse_diffusion') moves x down
+    At each grid step t_k -> t_{k+1}: one predictor step ('euler_maruyama' or 'reverse_diffusion') moves x down
     in time, then ``corrector_steps`` Langevin steps (``langevin_corrector_step``, signal-to-noise ratio ``snr``;
-    Song et al. use 0.16 on CIFAR-10) pull it towards p_{t_{i+1}}. alpha_i = alpha(t_i)^2 / alpha(t_{i+1})^2 is the
+    Song et al. use 0.16 on CIFAR-10) pull it towards p_{t_{k+1}}. alpha_i = alpha(t_k)^2 / alpha(t_{k+1})^2 is the
     1 - beta of the step just taken (1 for VE). With ``corrector_steps = 0`` this is the predictor alone.
-    Other arguments and the return value as in ``euler_maruyama``; model calls: steps (1 + corrector_steps).
+    Other arguments and the return value as in ``euler_maruyama_sample``; NFE = K (1 + corrector_steps) (+ 1).
     """
-    _check_start("x_T", x_T, cond)
+    t = check_time_grid(schedule, times)
+    check_sampler_inputs(model, x_T, t[0], cond)
     check_choice("predictor", predictor, PREDICTORS)
     corrector_steps = check_int("corrector_steps", corrector_steps, 0)
     snr = check_scalar("snr", snr, 0.0, math.inf, low_inclusive=False)
-    t_min, t_max = _check_interval(schedule, t_min, t_max)
-    ts = time_grid(steps, t_min, t_max)
     step = euler_maruyama_step if predictor == "euler_maruyama" else reverse_diffusion_step
-    x, trajectory = x_T, [x_T.cpu()]
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc="predictor–corrector"):
-        t, s = ts[i], ts[i + 1]
-        x = step(model, x, t, s, schedule, cond, generator)                        # predictor: t -> s
-        alpha_i = float(schedule.alpha(t) / schedule.alpha(s)) ** 2
-        for _ in range(corrector_steps):                                           # corrector at s
-            x = langevin_corrector_step(model, x, s, schedule, snr, alpha_i, cond, generator)
-        if return_trajectory:
-            trajectory.append(x.cpu())
-    return _finish(model, x, t_min, schedule, cond, denoise, trajectory, return_trajectory)
+    x, out = x_T, Recorder(x_T, return_trajectory)
+    for k in tqdm(range(len(t) - 1), disable=not progress, desc="predictor–corrector"):
+        x, x0_hat = step(model, x, t[k], t[k + 1], schedule, cond, generator)        # predictor: t_k -> t_{k+1}
+        alpha_i = float(schedule.alpha(t[k]) / schedule.alpha(t[k + 1])) ** 2
+        for _ in range(corrector_steps):                                              # corrector at t_{k+1}
+            x = langevin_corrector_step(model, x, t[k + 1], schedule, snr, alpha_i, cond, generator)
+        out.add(x, x0_hat)
+    return out.result(_denoise(model, x, t[-1], schedule, cond) if denoise else x)
 
 
 # --- the probability-flow ODE ------------------------------------------------------------------------------------
 
 def probability_flow_drift(model: Callable, x: Tensor, t: float, schedule: NoiseSchedule,
                            cond: Tensor | None = None) -> Tensor:
-    """dx/dt = f(t) x - g(t)^2 s(x, t) / 2 (Song eq. 13): a deterministic flow with the SDE's marginals p_t."""
-    f, g = sde_coefficients(schedule, t)
-    return float(f) * x - 0.5 * float(g) ** 2 * model_score(model, x, t, schedule, cond)
+    """dx/dt = f(t) x - g(t)^2 score(x, t) / 2 (Song eq. 13): a deterministic flow with the SDE's marginals p_t."""
+    f, g, alpha, sigma = _at(schedule, t)
+    score = -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
+    return f * x - 0.5 * g ** 2 * score
 
 
 @torch.no_grad()
-def ode_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, steps: int, method: str = "heun",
-               t_min: float | None = None, t_max: float = 1.0, cond: Tensor | None = None, denoise: bool = True,
-               generator: torch.Generator | None = None, progress: bool = True,
-               return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Sample by integrating the probability-flow ODE from t_max down to t_min with fixed steps.
+def ode_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, *, method: str = "heun",
+               denoise: bool = True, cond: Tensor | None = None, progress: bool = True,
+               return_trajectory: bool = False) -> Tensor | Trajectory:
+    """Sample by integrating the probability-flow ODE along ``times`` (t_max down to t_min) with fixed steps.
 
     ``method``: 'euler' (order 1, 1 model call per step), 'heun' (the trapezoidal predictor-corrector, order 2,
-    2 calls) or 'rk4' (classical Runge–Kutta, order 4, 4 calls). With h = t_{i+1} - t_i < 0 and v the drift:
+    2 calls) or 'rk4' (classical Runge–Kutta, order 4, 4 calls). With h = t_{k+1} - t_k < 0 and v the drift:
         euler  x + h v(x, t)
         heun   x + h (v1 + v2) / 2,           v1 = v(x, t), v2 = v(x + h v1, t + h)
         rk4    x + h (k1 + 2 k2 + 2 k3 + k4) / 6
-    The map x_T -> x_{t_min} is deterministic: ``generator`` is accepted only so that every sampler has the same
-    signature. Other arguments and the return value as in ``euler_maruyama``.
+    Deterministic: no ``generator``. Other arguments and the return value as in ``euler_maruyama_sample``; its
+    trajectory has no x0-hat (the drift holds the score).
     """
-    _check_start("x_T", x_T, cond)
+    t = check_time_grid(schedule, times)
+    check_sampler_inputs(model, x_T, t[0], cond)
     check_choice("method", method, ODE_METHODS)
-    t_min, t_max = _check_interval(schedule, t_min, t_max)
-    ts = time_grid(steps, t_min, t_max)
 
-    def v(y, t):
-        return probability_flow_drift(model, y, t, schedule, cond)
+    def v(y, u):
+        return probability_flow_drift(model, y, u, schedule, cond)
 
-    x, trajectory = x_T, [x_T.cpu()]
-    for i in tqdm(range(len(ts) - 1), disable=not progress, desc=f"probability flow ({method})"):
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        h = t_next - t
-        k1 = v(x, t)
+    x, out = x_T, Recorder(x_T, return_trajectory)
+    for k in tqdm(range(len(t) - 1), disable=not progress, desc=f"probability flow ({method})"):
+        h = t[k + 1] - t[k]
+        k1 = v(x, t[k])
         if method == "euler":
             x = x + h * k1
         elif method == "heun":
-            k2 = v(x + h * k1, t_next)
+            k2 = v(x + h * k1, t[k + 1])
             x = x + h * (k1 + k2) / 2
         else:
-            t_mid = t + h / 2
+            t_mid = t[k] + h / 2
             k2 = v(x + h / 2 * k1, t_mid)
             k3 = v(x + h / 2 * k2, t_mid)
-            k4 = v(x + h * k3, t_next)
+            k4 = v(x + h * k3, t[k + 1])
             x = x + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
-        if return_trajectory:
-            trajectory.append(x.cpu())
-    return _finish(model, x, t_min, schedule, cond, denoise, trajectory, return_trajectory)
+        out.add(x)
+    return out.result(_denoise(model, x, t[-1], schedule, cond) if denoise else x)
 
 
 def model_calls(sampler: str, steps: int, corrector_steps: int = 1, method: str = "heun",
@@ -418,133 +373,3 @@ def model_calls(sampler: str, steps: int, corrector_steps: int = 1, method: str 
     per_step = {"euler_maruyama": 1, "predictor_corrector": 1 + check_int("corrector_steps", corrector_steps, 0),
                 "ode": {"euler": 1, "heun": 2, "rk4": 4}[check_choice("method", method, ODE_METHODS)]}[sampler]
     return steps * per_step + int(bool(denoise))
-
-
-# --- exact likelihood through the ODE ----------------------------------------------------------------------------
-
-def divergence_exact(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-    """(fn(x), div fn(x)) with the exact trace of the Jacobian, one backward pass per dimension.
-
-    x: (B, ...) with each example independent of the others; returns fn(x) (B, ...) and the divergence (B,).
-    Cost: D backward passes, so use it for low dimension D (2-D toys) and Hutchinson's estimator above that.
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        out = fn(x)
-        flat_out, B = out.reshape(x.shape[0], -1), x.shape[0]
-        div = torch.zeros(B, dtype=out.dtype, device=out.device)
-        for i in range(flat_out.shape[1]):
-            (grad,) = torch.autograd.grad(flat_out[:, i].sum(), x, retain_graph=i < flat_out.shape[1] - 1)
-            div = div + grad.reshape(B, -1)[:, i]  # d out_i / d x_i
-    return out.detach(), div.detach()
-
-
-def divergence_hutchinson(fn: Callable[[Tensor], Tensor], x: Tensor, probe: Tensor) -> tuple[Tensor, Tensor]:
-    """(fn(x), probe^T J probe): Hutchinson's (1989) unbiased estimate of the divergence tr(J), J = d fn / d x,
-    for a probe with E[probe probe^T] = I (Rademacher or standard Gaussian entries); one backward pass."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        out = fn(x)
-        (vjp,) = torch.autograd.grad((out * probe).sum(), x)  # probe^T J
-    return out.detach(), (vjp * probe).reshape(x.shape[0], -1).sum(1).detach()
-
-
-@dataclass
-class ODELikelihood:
-    """What ``log_likelihood`` returns, per example (all float64 on the CPU).
-
-    log_prob = prior_log_prob + delta_log_prob: log p_{t_min}(x) in nats; latent: x carried to t_max by the flow;
-    nfe: how many times the solver evaluated the drift (and its divergence).
-    """
-
-    log_prob: Tensor        # (B,)
-    prior_log_prob: Tensor  # (B,)  log N(latent; 0, prior_std^2 I)
-    delta_log_prob: Tensor  # (B,)  int_{t_min}^{t_max} div v(x_t, t) dt
-    latent: Tensor          # (B, ...)
-    nfe: int
-
-
-def log_likelihood(model: Callable, x: Tensor, schedule: NoiseSchedule, t_min: float | None = None,
-                   t_max: float = 1.0, cond: Tensor | None = None, trace: str = "exact",
-                   probe: str = "rademacher", generator: torch.Generator | None = None, rtol: float = 1e-5,
-                   atol: float = 1e-5) -> ODELikelihood:
-    """The exact log-density log p_{t_min}(x) of the probability-flow model (Song et al. 2021, App. D.2).
-
-    The instantaneous change of variables (Chen et al. 2018) for dx/dt = v(x, t) says d log p_t(x_t)/dt = -div v,
-    so integrating the pair [x_t, delta_t] with d delta/dt = div v(x_t, t) from t_min to t_max gives
-
-        log p_{t_min}(x) = log p_prior(x_{t_max}) + delta(t_max).
-
-    The divergence is exact (``trace='exact'``, D backward passes) or Hutchinson's estimate (``'hutchinson'``,
-    one probe per example held fixed along the path, as in FFJORD; ``probe`` 'rademacher' or 'gaussian'); the
-    solve is scipy's adaptive RK45 with Song et al.'s tolerances rtol = atol = 1e-5, the whole batch in one state.
-    x: (B, ...) data; the model runs in x's dtype on x's device. Returns an ``ODELikelihood``.
-    """
-    from scipy.integrate import solve_ivp  # a well-kept adaptive solver; the diffusion maths is ours
-
-    _check_start("x", x, cond)
-    check_choice("trace", trace, TRACES)
-    check_choice("probe", probe, PROBES)
-    rtol = check_scalar("rtol", rtol, 0.0, 1.0, low_inclusive=False)
-    atol = check_scalar("atol", atol, 0.0, 1.0, low_inclusive=False)
-    t_min, t_max = _check_interval(schedule, t_min, t_max)
-    shape, B = x.shape, x.shape[0]
-    n = x[0].numel()
-    eps = None
-    if trace == "hutchinson":
-        eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-        if probe == "rademacher":
-            eps = torch.sign(eps)  # +-1 with probability 1/2 each
-
-    def rhs(t: float, state: np.ndarray) -> np.ndarray:
-        y = torch.from_numpy(state[: B * n]).reshape(shape).to(device=x.device, dtype=x.dtype)
-        t = min(max(t, t_min), t_max)  # the solver may probe a hair outside [t_min, t_max]
-
-        def v(z):
-            return probability_flow_drift(model, z, t, schedule, cond)
-
-        out, div = divergence_exact(v, y) if eps is None else divergence_hutchinson(v, y, eps)
-        return np.concatenate([out.reshape(-1).double().cpu().numpy(), div.double().cpu().numpy()])
-
-    start = np.concatenate([x.detach().double().cpu().reshape(-1).numpy(), np.zeros(B)])
-    sol = solve_ivp(rhs, (t_min, t_max), start, method="RK45", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"the ODE solver failed: {sol.message}")
-    end = torch.from_numpy(sol.y[:, -1])
-    latent = end[: B * n].reshape(shape)
-    delta = end[B * n:]
-    prior = prior_log_prob(schedule, latent, t_max)
-    return ODELikelihood(log_prob=prior + delta, prior_log_prob=prior, delta_log_prob=delta, latent=latent,
-                         nfe=int(sol.nfev))
-
-
-def bits_per_dim(model: Callable, x: Tensor, schedule: NoiseSchedule, levels: int, t_min: float | None = None,
-                 dequantize: bool = True, trace: str = "hutchinson", generator: torch.Generator | None = None,
-                 **kwargs) -> Tensor:
-    """Bits per dimension of images x in [-1, 1] on ``levels`` evenly spaced values, through the ODE likelihood.
-
-    A density p on the continuous image space becomes a model of the discrete pixels by integrating it over each
-    pixel's bin, of width Delta = 2 / (levels - 1). With uniform dequantisation u ~ U(-Delta/2, Delta/2)^D
-    (Theis et al. 2016; Jensen's inequality) the discrete log-likelihood is bounded below by
-    E_u log p(x + u) + D log Delta, so
-
-        bpd = -(log p_{t_min}(x + u) + D log Delta) / (D log 2)     (an upper bound, in bits per dimension),
-
-    directly comparable with DDPM's ELBO in bits/dim. (For the digits, 17 levels: Delta = 1/8 and the D log Delta
-    term adds 3 bits; a uniform guess over the 17 levels costs log2 17 = 4.09.) The bound is tight only where
-    p_{t_min} is nearly flat inside a bin, which is what t_min controls for a model trained on exact levels.
-    ``dequantize=False`` evaluates at the bin centres (not a bound). Other keywords go to ``log_likelihood``.
-    Returns (B,) bits/dim (float64).
-    """
-    levels = check_int("levels", levels, 2)
-    check_finite("x", x)
-    if x.numel() and (float(x.min()) < -1 - 1e-6 or float(x.max()) > 1 + 1e-6):
-        raise ValueError(f"x must lie in [-1, 1] (images on {levels} levels), got values in "
-                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
-    delta = 2.0 / (levels - 1)
-    if dequantize:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 0.5
-        x = x + delta * u
-    D = x[0].numel()
-    logp = log_likelihood(model, x, schedule, t_min=t_min, trace=trace, generator=generator, **kwargs).log_prob
-    return -(logp + D * math.log(delta)) / (D * math.log(2.0))

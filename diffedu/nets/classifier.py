@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..checks import check_int
-from .embeddings import TimeMLP, prepare_time_and_labels
+from .embeddings import TimeMLP, check_time_and_labels, time_and_labels
 from .unet import AttentionBlock, Downsample, ResBlock, check_architecture, check_images
 
 
@@ -101,10 +101,15 @@ class NoisyClassifier(nn.Module):
                 nn.init.zeros_(module.proj_out.weight)
         nn.init.zeros_(self.head.weight)
 
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float) -> None:
+        """Raise a ValueError naming the argument unless ``classifier(x, t)`` is a valid call (checked once, by the
+        caller's entry point; ``forward`` checks nothing)."""
+        check_images(x, self.in_channels, self.channel_mults)
+        check_time_and_labels(x, t, None, None)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Logits of p_phi(y | x_t, t) for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, classes)."""
-        check_images(x, self.in_channels, self.channel_mults)
-        t, _ = prepare_time_and_labels(x, t, None, None)  # (B,)
+        t, _ = time_and_labels(x, t, None, None)                    # (B,)
 
         emb = F.silu(self.time_mlp(t))                               # (B, E), shared by all blocks
         h = self.conv_in(x)                                          # (B, C_0, H, W)

@@ -5,7 +5,8 @@ sinusoidal position embedding (Vaswani et al., 2017, Sec. 3.5) and then a small 
 added inside every residual block. A class label enters through a learned ``nn.Embedding`` added to that vector
 (Dhariwal & Nichol, 2021); its last row is reserved for the "null" label that classifier-free guidance uses.
 
-``prepare_time_and_labels`` is where every network checks the library's contract ``net(x, t, cond=None)``.
+``check_time_and_labels`` is where every network's ``check_inputs`` checks the library's contract
+``net(x, t, cond=None)``; ``forward`` itself makes no checks (a sampler checks its inputs once, at its entry).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     check_finite("t", t)
     if t.dim() > 1:
         raise ValueError(f"t must be a scalar or have shape (B,), got {tuple(t.shape)}")
+    return _sinusoidal(t, dim, max_period)
+
+
+def _sinusoidal(t: torch.Tensor, dim: int, max_period: float) -> torch.Tensor:
     dtype = torch.float64 if t.dtype == torch.float64 else torch.float32  # float32 at least, even for half t
     half = dim // 2
     k = torch.arange(half, device=t.device, dtype=dtype)                    # (half,)
@@ -70,7 +75,7 @@ class SinusoidalEmbedding(nn.Module):
         self.max_period = check_scalar("max_period", max_period, 1.0, math.inf, low_inclusive=False)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return sinusoidal_embedding(t, self.dim, self.max_period)  # (B, dim)
+        return _sinusoidal(t, self.dim, self.max_period)  # (B, dim); the net's check_inputs checked t
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_period={self.max_period}"
@@ -95,9 +100,9 @@ class TimeMLP(nn.Module):
         return self.linear_2(emb)                               # (B, emb_dim)
 
 
-def prepare_time_and_labels(x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None,
-                            num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Check the contract's ``t`` and ``cond`` against a batch ``x``; return t of shape (B,) and labels (B,) or None.
+def check_time_and_labels(x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None,
+                          num_classes: int | None) -> None:
+    """Check the contract's ``t`` and ``cond`` against a batch ``x`` (every net's ``check_inputs`` calls this).
 
     ``t`` is continuous time in [0, 1]: a floating-point tensor of shape (B,), or a scalar (a 0-d tensor, shape
     (1,), or a Python float) used for the whole batch. Integer tensors are refused: they are usually DDPM step
@@ -109,7 +114,7 @@ def prepare_time_and_labels(x: torch.Tensor, t: torch.Tensor | float, cond: torc
     """
     B = x.shape[0]
     if isinstance(t, (float, int)) and not isinstance(t, bool):
-        t = torch.tensor(float(t), device=x.device)
+        t = torch.tensor(float(t))
     if not torch.is_tensor(t):
         raise ValueError(f"t must be a float tensor of times in [0, 1], got {type(t).__name__}")
     if not t.is_floating_point():
@@ -117,14 +122,12 @@ def prepare_time_and_labels(x: torch.Tensor, t: torch.Tensor | float, cond: torc
                          "(integer step indices i must be divided by the number of steps)")
     check_batch_time("x", x, "t", t)
     check_time("t", t)
-    t = t.to(x.device).reshape(-1).expand(B)  # (B,)
-
     if num_classes is None:
         if cond is not None:
             raise ValueError("cond must be None for an unconditional net (built with num_classes=None)")
-        return t, None
+        return
     if cond is None:
-        return t, torch.full((B,), num_classes, dtype=torch.long, device=x.device)  # (B,) all null labels
+        return
     if not torch.is_tensor(cond) or cond.is_floating_point() or cond.dtype == torch.bool:
         raise ValueError(f"cond must be None or an integer tensor of class ids, got {cond!r:.60}")
     if cond.shape != (B,):
@@ -132,4 +135,16 @@ def prepare_time_and_labels(x: torch.Tensor, t: torch.Tensor | float, cond: torc
     if B and (int(cond.min()) < 0 or int(cond.max()) > num_classes):
         raise ValueError(f"cond ids must lie in [0, {num_classes}] ({num_classes} is the null label), got values in "
                          f"[{int(cond.min())}, {int(cond.max())}]")
+
+
+def time_and_labels(x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None,
+                    num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """t as (B,) on x's device, and the labels (B,) (the null label for ``cond=None`` on a class-conditional net)
+    or None. No checks: ``check_time_and_labels`` is the entry point's."""
+    B = x.shape[0]
+    t = torch.as_tensor(t, device=x.device).reshape(-1).expand(B)  # (B,)
+    if num_classes is None:
+        return t, None
+    if cond is None:
+        return t, torch.full((B,), num_classes, dtype=torch.long, device=x.device)  # (B,) all null labels
     return t, cond.to(device=x.device, dtype=torch.long)

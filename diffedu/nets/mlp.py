@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..checks import check_choice, check_finite, check_int
-from .embeddings import PREDICTIONS, TimeMLP, prepare_time_and_labels
+from .embeddings import PREDICTIONS, TimeMLP, check_time_and_labels, time_and_labels
 
 
 class MLPBlock(nn.Module):
@@ -88,14 +88,20 @@ class MLPDenoiser(nn.Module):
             nn.init.zeros_(block.linear_2.weight)
         nn.init.zeros_(self.linear_out.weight)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict ``self.prediction`` for noisy points x (B, D) at times t (B,) or (); returns (B, D)."""
-        check_finite("x", x)
-        if not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> None:
+        """Raise a ValueError naming the argument unless ``net(x, t, cond)`` is a valid call. Samplers call this
+        once, at their entry; ``forward`` checks nothing, so it makes no host sync."""
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got "
+                             f"{f'dtype {x.dtype}' if torch.is_tensor(x) else type(x).__name__}")
         if x.dim() != 2 or x.shape[1] != self.data_dim:
             raise ValueError(f"x must have shape (B, {self.data_dim}), got {tuple(x.shape)}")
-        t, cond = prepare_time_and_labels(x, t, cond, self.num_classes)  # (B,), (B,) or None
+        check_finite("x", x)
+        check_time_and_labels(x, t, cond, self.num_classes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict ``self.prediction`` for noisy points x (B, D) at times t (B,) or (); returns (B, D)."""
+        t, cond = time_and_labels(x, t, cond, self.num_classes)  # (B,), (B,) or None
 
         emb = self.time_mlp(t)                                  # (B, hidden)
         if self.class_embedding is not None:

@@ -39,6 +39,10 @@ class InputScaled(nn.Module):
         self.config = {"name": "InputScaled", "inner": self.inner.config, "sigma_min": self.sigma_min,
                        "sigma_max": self.sigma_max, "sigma_data": self.sigma_data}
 
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> None:
+        """The inner network's checks (once, at a sampler's entry)."""
+        self.inner.check_inputs(x, t, cond)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
         sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t   # (B,) or ()

@@ -134,17 +134,24 @@ class TextToImageUNet(nn.Module):
         """Captions -> token ids (B, max_len) on the net's device (see ``Tokenizer.encode``)."""
         return self.tokenizer.encode(captions).to(next(self.parameters()).device)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> None:
+        """Raise a ValueError naming the argument unless ``net(x, t, cond)`` is a valid call (samplers call this once,
+        at their entry; ``forward`` checks nothing)."""
         B, T = x.shape[0], self.tokenizer.max_len
+        if cond is not None:
+            if (not torch.is_tensor(cond) or cond.is_floating_point() or cond.dtype == torch.bool
+                    or cond.shape != (B, T)):
+                shape = tuple(cond.shape) if torch.is_tensor(cond) else type(cond).__name__
+                raise ValueError(f"cond must be an integer tensor of token ids of shape ({B}, {T}) (use "
+                                 f"net.tokenize), got {shape}")
+            if B and (int(cond.min()) < 0 or int(cond.max()) >= len(self.tokenizer)):
+                raise ValueError(f"cond token ids must lie in [0, {len(self.tokenizer) - 1}], got values in "
+                                 f"[{int(cond.min())}, {int(cond.max())}]")
+        self.unet.check_inputs(x, t, context=torch.zeros(B, T, self.unet.context_dim))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         if cond is None:
-            cond = self.tokenizer.null_tokens(B).to(x.device)
-        if not torch.is_tensor(cond) or cond.is_floating_point() or cond.dtype == torch.bool or cond.shape != (B, T):
-            shape = tuple(cond.shape) if torch.is_tensor(cond) else type(cond).__name__
-            raise ValueError(f"cond must be an integer tensor of token ids of shape ({B}, {T}) (use net.tokenize), "
-                             f"got {shape}")
-        if B and (int(cond.min()) < 0 or int(cond.max()) >= len(self.tokenizer)):
-            raise ValueError(f"cond token ids must lie in [0, {len(self.tokenizer) - 1}], got values in "
-                             f"[{int(cond.min())}, {int(cond.max())}]")
+            cond = self.tokenizer.null_tokens(x.shape[0]).to(x.device)  # the empty caption
         context = self.encoder(cond.to(x.device))    # (B, T, text_dim)
         return self.unet(x, t, context=context)      # (B, C, H, W)
 

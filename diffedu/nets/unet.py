@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..checks import check_choice, check_finite, check_int, check_scalar
-from .embeddings import PREDICTIONS, TimeMLP, prepare_time_and_labels
+from .embeddings import PREDICTIONS, TimeMLP, check_time_and_labels, time_and_labels
 
 
 class ResBlock(nn.Module):
@@ -60,6 +60,17 @@ class ResBlock(nn.Module):
         return self.skip(x) + h                                   # (B, C_out, H, W)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(d)) V (Vaswani et al., 2017, Eq. 1), per head, with the weights' softmax in float32.
+
+    q: (B, heads, d, N) queries; k, v: (B, heads, d, M) keys and values. Returns the outputs (B, heads, d, N) and
+    the weights (B, heads, N, M), whose rows sum to 1: how much each query position listens to each key.
+    """
+    logits = q.transpose(-1, -2) @ k / math.sqrt(q.shape[2])       # (B, heads, N, M)
+    weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)     # (B, heads, N, M)
+    return v @ weights.transpose(-1, -2), weights                   # (B, heads, d, N), (B, heads, N, M)
+
+
 class AttentionBlock(nn.Module):
     """x + W_o MultiHead(GN(x)) over the H*W positions: softmax(Q K^T / sqrt(d)) V (Vaswani et al., 2017, Eq. 1)."""
 
@@ -75,9 +86,7 @@ class AttentionBlock(nn.Module):
         d = C // self.num_heads
         qkv = self.qkv(self.norm(x))                                         # (B, 3C, H, W)
         q, k, v = qkv.reshape(B, 3, self.num_heads, d, H * W).unbind(dim=1)  # (B, heads, d, HW) each
-        logits = q.transpose(-1, -2) @ k / math.sqrt(d)                     # (B, heads, HW, HW)
-        weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)          # (B, heads, HW, HW), rows sum to 1
-        h = v @ weights.transpose(-1, -2)                                    # (B, heads, d, HW)
+        h, _ = attention(q, k, v)                                            # (B, heads, d, HW)
         return x + self.proj_out(h.reshape(B, C, H, W))                      # (B, C, H, W)
 
 
@@ -105,10 +114,8 @@ class CrossAttentionBlock(nn.Module):
         q = self.to_q(self.norm(x)).reshape(B, self.num_heads, d, H * W)           # (B, heads, d, HW)
         k = self.to_k(context).reshape(B, T, self.num_heads, d).permute(0, 2, 3, 1)  # (B, heads, d, T)
         v = self.to_v(context).reshape(B, T, self.num_heads, d).permute(0, 2, 3, 1)  # (B, heads, d, T)
-        logits = q.transpose(-1, -2) @ k / math.sqrt(d)                             # (B, heads, HW, T)
-        weights = torch.softmax(logits.float(), dim=-1).to(v.dtype)                 # (B, heads, HW, T), rows sum to 1
-        self.last_weights = weights.detach()
-        h = v @ weights.transpose(-1, -2)                                           # (B, heads, d, HW)
+        h, weights = attention(q, k, v)                                             # (B, heads, d, HW)
+        self.last_weights = weights.detach()                                        # (B, heads, HW, T)
         return x + self.proj_out(h.reshape(B, C, H, W))                             # (B, C, H, W)
 
 
@@ -311,13 +318,12 @@ class UNet(nn.Module):
                 nn.init.zeros_(module.proj_out.weight)
         nn.init.zeros_(self.conv_out.weight)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict ``self.prediction`` for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, C, H, W).
-
-        ``context`` (B, T, context_dim) is the text encoding a net built with ``context_dim`` attends to."""
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
+                     context: torch.Tensor | None = None) -> None:
+        """Raise a ValueError naming the argument unless ``net(x, t, cond, context)`` is a valid call. Samplers
+        call this once, at their entry; ``forward`` checks nothing, so it makes no host sync."""
         check_images(x, self.in_channels, self.channel_mults)
-        t, cond = prepare_time_and_labels(x, t, cond, self.num_classes)  # (B,), (B,) or None
+        check_time_and_labels(x, t, cond, self.num_classes)
         if (context is None) != (self.context_dim is None):
             raise ValueError("context must be given exactly when the net was built with context_dim, got "
                              f"context={'None' if context is None else 'a tensor'}, context_dim={self.context_dim}")
@@ -327,6 +333,12 @@ class UNet(nn.Module):
                 raise ValueError(f"context must have shape ({x.shape[0]}, T, {self.context_dim}), "
                                  f"got {tuple(context.shape)}")
 
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict ``self.prediction`` for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, C, H, W).
+
+        ``context`` (B, T, context_dim) is the text encoding a net built with ``context_dim`` attends to."""
+        t, cond = time_and_labels(x, t, cond, self.num_classes)     # (B,), (B,) or None
         emb = self.time_mlp(t)                                       # (B, E)
         if self.class_embedding is not None:
             emb = emb + self.class_embedding(cond)                   # (B, E)
