@@ -233,3 +233,17 @@ def test_module_never_imports_pickle_loaders():
     for module in (pretrained, __import__("diffedu.checkpoints", fromlist=["x"])):
         source = Path(module.__file__).read_text()
         assert "torch.load(" not in source and "import pickle" not in source
+
+
+def test_load_state_malformed_header_names_the_file(tmp_path):
+    """A header entry that is not JSON, or lacks config / metadata, is a ValueError naming the file (not a bare
+    JSONDecodeError or KeyError)."""
+    from safetensors.torch import save_file
+
+    for text in ("{not json", '{"config": {"name": "tiny"}}', "[1, 2]"):
+        path = tmp_path / "bad.safetensors"
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"diffedu": text})
+        with pytest.raises(ValueError, match="bad.safetensors") as info:
+            load_state(path)
+        assert type(info.value) is ValueError
+
