@@ -68,7 +68,14 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         raise ValueError(f"{path} is not a readable safetensors file: {err}") from None
     if HEADER_KEY not in header:
         raise ValueError(f"{path} has no '{HEADER_KEY}' entry in its header; was it written by save_checkpoint?")
-    contents = json.loads(header[HEADER_KEY])
+    try:
+        contents = json.loads(header[HEADER_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} has a '{HEADER_KEY}' header entry that is not valid JSON ({err})") from None
+    if not (isinstance(contents, dict) and isinstance(contents.get("config"), dict)
+            and isinstance(contents.get("metadata"), dict)):
+        raise ValueError(f"{path} has a '{HEADER_KEY}' header entry without the 'config' and 'metadata' objects "
+                         f"that save_checkpoint writes")
     return state, contents["config"], contents["metadata"]
 
 

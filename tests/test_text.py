@@ -123,6 +123,47 @@ def test_tokenizer_bad_vocabulary():
         Tokenizer(["<unk>"], 4)
 
 
+@pytest.mark.parametrize("bad, kind", [(None, "NoneType"), (3, "int"), (b"a red circle", "bytes"),
+                                       ({"a red circle": 1}, "dict")])
+def test_tokenizer_rejects_captions_that_are_not_strings(bad, kind):
+    """Issue 6: tokenize(None) raised a TypeError; a dict was read as its keys."""
+    for encode in (Tokenizer(VOCABULARY, max_len=10).encode, tiny_text_model().tokenize):
+        with pytest.raises(ValueError, match="captions must be a string or a list of strings") as info:
+            encode(bad)
+        assert kind in str(info.value)
+    assert torch.equal(Tokenizer(VOCABULARY, 10).encode(("a red circle", "a blue cross")),
+                       Tokenizer(VOCABULARY, 10).encode(["a red circle", "a blue cross"]))
+
+
+def test_tokenizer_folds_accents_and_compatibility_forms():
+    """Issue 6: accented letters split a word into several <unk>; NFKD without combining marks reads them plainly."""
+    assert Tokenizer.split("Café Rougé") == ["cafe", "rouge"]
+    assert Tokenizer.split("ÀN İCE ＲＥＤ ﬁsh") == ["an", "ice", "red", "fish"]
+    tok = Tokenizer(VOCABULARY, max_len=10)
+    plain = tok.encode("a red circle at the top left")
+    assert torch.equal(tok.encode("à réd cîrcle at thé TÔP lëft"), plain)
+    assert torch.equal(tok.encode("A ＲＥＤ circle at the top left"), plain)
+
+
+# the ids the shipped text_shapes checkpoint was trained with (recorded before accents were folded)
+SHIPPED_CAPTION_IDS = {
+    "a red circle at the top left": [2, 5, 9, 13, 14, 15, 17, 0, 0, 0],
+    "A small blue cross at the bottom right.": [2, 3, 7, 12, 13, 14, 16, 18, 0, 0],
+    "a LARGE green square, at the top-right!": [2, 4, 6, 10, 13, 14, 15, 18, 0, 0],
+    "a yellow triangle at the bottom left": [2, 8, 11, 13, 14, 16, 17, 0, 0, 0],
+    "a magenta blob 3 at the top": [2, 1, 1, 13, 14, 15, 0, 0, 0, 0],
+}
+
+
+def test_tokenizer_ids_of_ascii_captions_unchanged():
+    """Folding accents leaves ASCII captions alone: the shipped checkpoint's vocabulary gives the same ids."""
+    from diffedu.pretrained import read_manifest
+
+    config = read_manifest()["text_shapes"]["config"]
+    tok = Tokenizer(config["vocabulary"], config["max_len"])
+    assert tok.encode(list(SHIPPED_CAPTION_IDS)).tolist() == list(SHIPPED_CAPTION_IDS.values())
+
+
 # ------------------------------------------------------------------------------------------------ cross-attention
 def test_cross_attention_matches_torch_reference():
     torch.manual_seed(0)

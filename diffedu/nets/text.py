@@ -3,10 +3,10 @@ cross-attention to the encoded words (chapter 12).
 
 The pieces follow latent diffusion and Imagen at toy size:
 
-- ``Tokenizer``: lower-case words from a fixed vocabulary; a word outside it becomes ``<unk>`` (id 1), and every
-  caption is padded with ``<pad>`` (id 0) to ``max_len`` tokens. The all-``<pad>`` sequence is the *empty caption*,
-  the null condition of classifier-free guidance (Ho & Salimans, 2022), which training shows the net by dropping
-  captions.
+- ``Tokenizer``: lower-case words from a fixed vocabulary (accents folded: "Café" reads as "cafe"); a word outside
+  it becomes ``<unk>`` (id 1), and every caption is padded with ``<pad>`` (id 0) to ``max_len`` tokens. The
+  all-``<pad>`` sequence is the *empty caption*, the null condition of classifier-free guidance (Ho & Salimans,
+  2022), which training shows the net by dropping captions.
 - ``TextEncoder``: word + position embeddings, then Transformer encoder layers (Vaswani et al., 2017), giving one
   vector per token, ``context`` (B, T, d). As in Stable Diffusion no padding mask is used: the pad tokens are
   ordinary learned inputs, so the empty caption needs no special case.
@@ -19,6 +19,7 @@ The pieces follow latent diffusion and Imagen at toy size:
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, Sequence
 
 import torch
@@ -48,19 +49,30 @@ class Tokenizer:
 
     @staticmethod
     def split(caption: str) -> list[str]:
-        """The caption's words: lower-case runs of letters (punctuation and digits separate words)."""
+        """The caption's words: lower-case runs of the letters a-z (punctuation and digits separate words).
+
+        The caption is first normalised to Unicode NFKD and its combining marks dropped, so accented letters read
+        as their base letter ("Café" -> "cafe", "Rougé" -> "rouge") and compatibility forms (full-width letters,
+        ligatures such as "ﬁ") as plain letters; a letter with no such decomposition (e.g. "ß", "ø") still
+        separates words. An ASCII caption is unchanged by this, so its ids are the same as without it.
+        """
         if not isinstance(caption, str):
             raise ValueError(f"caption must be a string, got {type(caption).__name__}")
-        return re.findall(r"[a-z]+", caption.lower())
+        decomposed = unicodedata.normalize("NFKD", caption)
+        folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+        return re.findall(r"[a-z]+", folded.lower())
 
     def encode(self, captions: Sequence[str] | str) -> torch.Tensor:
         """Token ids (B, max_len), int64: known words -> their id, unknown words -> ``<unk>``, then ``<pad>``.
 
-        Raises ValueError for an empty caption (no words; the empty caption is the null condition, made with
-        ``null_tokens``) and for a caption longer than ``max_len`` words.
+        ``captions`` is one string or a list (or tuple) of strings; words are read by :meth:`split`. Raises
+        ValueError for anything else, for an empty caption (no words; the empty caption is the null condition, made
+        with ``null_tokens``) and for a caption longer than ``max_len`` words.
         """
         if isinstance(captions, str):
             captions = [captions]
+        elif not isinstance(captions, (list, tuple)):
+            raise ValueError(f"captions must be a string or a list of strings, got {type(captions).__name__}")
         rows = []
         for caption in captions:
             words = self.split(caption)
@@ -131,7 +143,8 @@ class TextToImageUNet(nn.Module):
                        "unet": {k: v for k, v in self.unet.config.items() if k not in ("name", "context_dim")}}
 
     def tokenize(self, captions: Sequence[str] | str) -> torch.Tensor:
-        """Captions -> token ids (B, max_len) on the net's device (see ``Tokenizer.encode``)."""
+        """Captions (a string or a list of strings) -> token ids (B, max_len) on the net's device (see
+        ``Tokenizer.encode``)."""
         return self.tokenizer.encode(captions).to(next(self.parameters()).device)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> None:
