@@ -10,8 +10,7 @@ the observed order: error ~ C NFE^-p. Stochastic samplers (DDPM ancestral, the S
 per-sample target; their error is the energy distance of their samples to exact mixture samples (``metrics``),
 whose finite-sample floor is reported with them.
 
-Later chapters add rows by adding an entry to ``SAMPLERS`` (a function (model, x_T, schedule, nfe, grid) ->
-(sample, steps)), or by calling ``sampler_benchmark`` with ``extra={name: fn}``.
+Later chapters add rows by calling ``sampler_benchmark`` with ``extra={name: fn}``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from .checks import check_int
 from .ddim import ddim_sample
 from .ddpm import ddpm_sample
 from .metrics import energy_distance
-from .samplers import dpmpp_2m_sample, euler_sample, heun_sample, plms_sample, sigma_range
+from .grids import index_grid, sigma_grid, sigma_range, time_grid
+from .samplers import dpmpp_2m_sample, euler_sample, heun_sample, plms_sample
 from .schedule_search import exact_flow, mixture_denoiser, optimise_schedule
 from .schedules import DiscreteSchedule, linear_schedule
 from .toy import ExactModel, GaussianMixture, eight_gaussians
@@ -63,24 +63,28 @@ def steps_for_nfe(sampler: str, nfe: int) -> int | None:
     return k if k >= 1 else None
 
 
+SIGMA_GRID = {"euler": "karras", "heun": "karras", "dpmpp_2m": "logsnr"}  # each solver's grid in the benchmark
+
+
 def _run(sampler: str, model: Callable, x_T: Tensor, schedule: DiscreteSchedule, K: int, opt, generator):
     """One run with K steps; ``opt`` an OptimisedSchedule or None (the sampler's default grid)."""
     kw = dict(progress=False)
     if sampler in ("euler", "heun", "dpmpp_2m"):
         fn = {"euler": euler_sample, "heun": heun_sample, "dpmpp_2m": dpmpp_2m_sample}[sampler]
-        return fn(model, x_T, schedule, K, sigmas=None if opt is None else opt.sigmas, **kw)
-    chain = schedule if opt is None else schedule.respace(opt.indices.flip(0))  # visit only the chosen indices
-    if sampler == "ddim":
-        return ddim_sample(model, x_T, chain, K, **kw)
-    if sampler == "plms":
-        return plms_sample(model, x_T, chain, K, **kw)
-    if sampler == "ddpm":
-        return ddpm_sample(model, x_T, chain, K if opt is None else None, variance="beta_tilde",
-                           generator=generator, **kw)
+        sigmas = sigma_grid(schedule, K, SIGMA_GRID[sampler]) if opt is None else opt.sigmas
+        return fn(model, x_T, schedule, sigmas, **kw)
+    if sampler in ("ddim", "plms", "ddpm"):
+        indices = index_grid(schedule, K) if opt is None else opt.indices
+        if sampler == "ddim":
+            return ddim_sample(model, x_T, schedule, indices, **kw)
+        if sampler == "plms":
+            return plms_sample(model, x_T, schedule, indices, **kw)
+        return ddpm_sample(model, x_T, schedule, indices, variance="beta_tilde", generator=generator, **kw)
     from . import sde  # chapter 3's module
+    times = time_grid(K, sde.default_t_min(schedule))
     if sampler == "euler_maruyama":
-        return sde.euler_maruyama(model, x_T, schedule, K, generator=generator, **kw)
-    return sde.predictor_corrector(model, x_T, schedule, K, corrector_steps=1, generator=generator, **kw)
+        return sde.euler_maruyama_sample(model, x_T, schedule, times, generator=generator, **kw)
+    return sde.predictor_corrector_sample(model, x_T, schedule, times, corrector_steps=1, generator=generator, **kw)
 
 
 def reference_endpoint(mixture: GaussianMixture, schedule: DiscreteSchedule, x_T: Tensor,

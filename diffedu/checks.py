@@ -73,8 +73,9 @@ def check_start(name: str, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{name} must be a torch.Tensor of shape (B, ...), got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor (float32 or float64), got dtype {x.dtype}")
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"{name} must have shape (B, ...) with a batch of at least one, got {tuple(x.shape)}")
+    if x.dim() < 2 or x.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (B, ...) with a batch dimension (B >= 1) and at least one data "
+                         f"dimension, got {tuple(x.shape)}")
     check_finite(name, x)
     return x
 

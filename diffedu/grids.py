@@ -177,7 +177,7 @@ def time_of_sigma(schedule: NoiseSchedule, sigmas: Tensor | float) -> Tensor:
     return schedule.time_of_log_snr(-2.0 * torch.log(s))  # lambda = -2 log sigma~
 
 
-def sigma_grid(schedule: NoiseSchedule, steps: int, kind: str = "karras", rho: float = 7.0,
+def sigma_grid(schedule: NoiseSchedule, steps: int, grid: str = "karras", rho: float = 7.0,
                log_snr_min: float | None = None) -> Tensor:
     """A named grid of K = ``steps`` steps on the schedule, ending at sigma~ = 0 (the data): (K + 1,) float64.
 
@@ -193,17 +193,17 @@ def sigma_grid(schedule: NoiseSchedule, steps: int, kind: str = "karras", rho: f
     if not isinstance(schedule, NoiseSchedule):
         raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     steps = check_int("steps", steps, 1)
-    check_choice("kind", kind, SIGMA_GRIDS)
+    check_choice("grid", grid, SIGMA_GRIDS)
     zero = torch.zeros(1, dtype=torch.float64)
     if log_snr_min is not None:
-        if kind != "logsnr":
-            raise ValueError(f"log_snr_min applies to kind='logsnr' only, got kind={kind!r}")
+        if grid != "logsnr":
+            raise ValueError(f"log_snr_min applies to grid='logsnr' only, got grid={grid!r}")
         lo = sigma_range(schedule)[0]
         check_scalar("log_snr_min", log_snr_min, -math.inf, -2 * math.log(lo), low_inclusive=False,
                      high_inclusive=False)
-    if kind == "karras":
+    if grid == "karras":
         return karras_sigmas(steps, *sigma_range(schedule), rho=rho)
-    if kind == "logsnr":
+    if grid == "logsnr":
         lo, hi = sigma_range(schedule)
         if log_snr_min is not None:
             hi = min(hi, math.exp(-log_snr_min / 2))  # lambda = -2 log sigma~
@@ -268,8 +268,8 @@ def check_time_grid(schedule: NoiseSchedule, times: Tensor) -> list[float]:
     if not bool((t.diff() < 0).all()):
         raise ValueError("times must be strictly decreasing (from t_max down to t_min)")
     if float(schedule.sigma(t[-1])) <= 0.0:
-        raise ValueError(f"times must end at t_min > 0 for {schedule!r}: sigma(t_min) = 0 there and the score is "
-                         f"infinite (try t_min = 1e-3)")
+        raise ValueError(f"t_min must be > 0 for {schedule!r} (the last of the times): sigma(t_min) = 0 there and "
+                         f"the score is infinite (try t_min = 1e-3)")
     return t.tolist()
 
 

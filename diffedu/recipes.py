@@ -24,8 +24,9 @@ from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
 from .metrics import digits_classifier, frechet_distance
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .classifier_training import noisy_accuracy, noisy_classifier_loss
-from .ncsn import annealed_langevin, dsm_loss, geometric_sigmas
+from .ncsn import annealed_langevin_sample, dsm_loss
 from .ddim import ddim_sample
+from .grids import geometric_sigmas, index_grid
 from .nets import InputScaled, NoisyClassifier, TextToImageUNet, UNet
 from .pretrained import register_checkpoint
 from .schedules import VE, linear_schedule
@@ -72,7 +73,8 @@ def evaluate_digits_model(model: torch.nn.Module, num_samples: int, seed: int = 
     schedule = linear_schedule()
     g = torch.Generator(device=device).manual_seed(seed)
     x_T = torch.randn(num_samples, 1, 8, 8, generator=g, device=device)
-    samples = ddpm_sample(model, x_T, schedule, clip_x0=True, generator=g, progress=False).cpu()
+    samples = ddpm_sample(model, x_T, schedule, index_grid(schedule, schedule.N), clip_x0=True, generator=g,
+                          progress=False).cpu()
     test, train_split = load_digits(split="test"), load_digits(split="train")
     flat = lambda x: x.reshape(len(x), -1)
     bpd = elbo_terms(model, test.x.to(device), schedule, num_bins=DIGITS_LEVELS, num_terms=100, generator=g)["bpd"]
@@ -154,10 +156,10 @@ def evaluate_ncsn_digits(model: torch.nn.Module, cfg: DigitsNCSNConfig,
     """Pixel FD of annealed-Langevin samples against the held-out digits, and the classifier's view of them."""
     device = pick_device(device)
     schedule = VE(cfg.sigma_min, cfg.sigma_max)
-    sigmas = geometric_sigmas(cfg.sigma_max, cfg.sigma_min, cfg.eval_levels)
+    sigmas = geometric_sigmas(cfg.eval_levels, cfg.sigma_min, cfg.sigma_max)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     x = cfg.sigma_max * torch.randn(cfg.eval_samples, 1, 8, 8, generator=g, device=device)
-    samples = annealed_langevin(model, x, schedule, sigmas, n_steps_each=cfg.eval_steps_each,
+    samples = annealed_langevin_sample(model, x, schedule, sigmas, n_steps_each=cfg.eval_steps_each,
                                 epsilon=cfg.eval_epsilon, generator=g, progress=False).clamp(-1, 1).cpu()
     test = load_digits(split="test")
     flat = lambda x: x.reshape(len(x), -1)
@@ -219,7 +221,7 @@ def evaluate_cfg_digits(model: torch.nn.Module, cfg: DigitsCFGConfig,
         g = torch.Generator(device=device).manual_seed(cfg.seed)
         x_T = torch.randn(len(y), 1, 8, 8, generator=g, device=device)
         guided = ClassifierFreeGuidance(model, s, null_label=10)
-        x = ddpm_sample(guided, x_T, schedule, steps=cfg.eval_steps, cond=y, clip_x0=True, generator=g,
+        x = ddpm_sample(guided, x_T, schedule, index_grid(schedule, cfg.eval_steps), cond=y, clip_x0=True, generator=g,
                         progress=False).cpu()
         out[f"accuracy_s{s:g}"] = reader.accuracy(x, y.cpu())
         out[f"pixel_fd_s{s:g}"] = frechet_distance(flat(x), flat(test.x))
@@ -369,7 +371,7 @@ def evaluate_text_shapes(model: torch.nn.Module, cfg: TextShapesConfig,
         captions = [c for c in captions for _ in range(cfg.eval_per_caption)]
         g = torch.Generator(device=device).manual_seed(cfg.seed)
         x_T = torch.randn(len(captions), 3, 16, 16, generator=g, device=device)
-        x = ddim_sample(guided, x_T, schedule, steps=cfg.eval_steps, eta=cfg.eval_eta,
+        x = ddim_sample(guided, x_T, schedule, index_grid(schedule, cfg.eval_steps), eta=cfg.eval_eta,
                         cond=model.tokenize(captions), generator=g, progress=False).cpu()
         for key, value in probe.agreement(x, captions).items():
             out[f"{split}_{key}"] = value

@@ -39,7 +39,7 @@ def check_sampler_inputs(model: Callable, x_T: Tensor, t: float, cond: Tensor | 
     check_start(name, x_T)
     if cond is not None and (not torch.is_tensor(cond) or cond.dim() < 1 or cond.shape[0] != x_T.shape[0]):
         shape = tuple(cond.shape) if torch.is_tensor(cond) else type(cond).__name__
-        raise ValueError(f"cond must be a tensor with one row per example of {name} ({x_T.shape[0]}), got {shape}")
+        raise ValueError(f"cond must have one entry per example of {name} ({x_T.shape[0]}), got shape {shape}")
     check = getattr(model, "check_inputs", None)
     if check is not None:
         check(x_T, torch.full((x_T.shape[0],), float(t), device=x_T.device, dtype=x_T.dtype), cond)

@@ -22,8 +22,8 @@ node too: C(a, b -> c). The DP then runs on edges (states (a, b)) in O(K G^3):
     V_k(b, c) = min_a V_{k-1}(a, b) + C(a, b -> c),     V_1(start, c) = C_first-order(start -> c).     (DP2)
 
 For a DiscreteSchedule the fine grid is a set of chain indices (about log-uniform in sigma~), so the result is
-both a sigma~ grid for ``euler_sample`` / ``heun_sample`` / ``dpmpp_2m_sample`` (``sigmas=``) and an index list
-for DDIM / DDPM / PLMS (``schedule.respace(indices)``: the chain that visits only those indices).
+both a sigma~ grid for ``euler_sample`` / ``heun_sample`` / ``dpmpp_2m_sample`` and, with the final index 0
+appended, an index grid for DDIM / DDPM / PLMS (``OptimisedSchedule.index_grid``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from .checks import check_choice, check_int
-from .samplers import discrete_sigmas, sigma_range
+from .grids import discrete_sigmas, sigma_range
 from .schedules import DiscreteSchedule, NoiseSchedule
 from .toy import GaussianMixture
 
@@ -270,9 +270,9 @@ def local_error_costs(denoiser: Callable[[Tensor, float], Tensor], sigmas: Tenso
 class OptimisedSchedule:
     """The result of ``optimise_schedule``: a grid for one solver and K steps.
 
-    sigmas: (K + 1,) float64, decreasing, last 0: pass as ``sigmas=`` to euler / heun / dpmpp_2m samplers.
-    indices: (K,) decreasing chain indices (DiscreteSchedule only, else None), the positive nodes: run DDIM /
-        DDPM / PLMS on ``schedule.respace(indices.flip(0))`` with steps = K.
+    sigmas: (K + 1,) float64, decreasing, last 0: the sigma~ grid of euler / heun / dpmpp_2m samplers.
+    indices: (K + 1,) decreasing chain indices ending at 0 (DiscreteSchedule only, else None): the index grid of
+        DDIM / DDPM / PLMS (``discrete_sigmas(schedule, indices[:-1])`` = sigmas).
     cost: the minimal summed local error (DP value); grid: the fine candidate sigmas (G,).
     """
     sigmas: Tensor
@@ -342,7 +342,8 @@ def optimise_schedule(mixture: GaussianMixture, schedule: NoiseSchedule, steps: 
     else:
         path, total = optimal_path(costs, steps)
     p = torch.tensor(path)
-    return OptimisedSchedule(sigmas[p].clone(), None if idx is None else idx[p[:-1]].clone(), total, solver, sigmas)
+    indices = None if idx is None else torch.cat([idx[p[:-1]], torch.zeros(1, dtype=torch.long)])
+    return OptimisedSchedule(sigmas[p].clone(), indices, total, solver, sigmas)
 
 
 def log_snr_sigmas(schedule: NoiseSchedule, steps: int) -> Tensor:

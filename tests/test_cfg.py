@@ -12,6 +12,7 @@ import torch
 from diffedu.data import load_digits
 from diffedu.ddim import ddim_sample
 from diffedu.ddpm import ddpm_sample
+from diffedu.grids import index_grid
 from diffedu.guidance import ClassifierFreeGuidance
 from diffedu.metrics import DigitsFeatureClassifier, digits_feature_classifier, frechet_distance
 from diffedu.pretrained import load_pretrained
@@ -160,8 +161,8 @@ def test_cfg_above_one_does_not_sample_the_tilted_distribution():
         x_T = torch.randn(n, 1, generator=g, dtype=torch.float64)
         cond = torch.full((n,), y)
         guided = ClassifierFreeGuidance(model, s, null_label=2)
-        anc = ddpm_sample(guided, x_T, SCH, steps=250, cond=cond, generator=g, progress=False)
-        ode = ddim_sample(guided, x_T, SCH, 100, cond=cond, progress=False)
+        anc = ddpm_sample(guided, x_T, SCH, index_grid(SCH, 250), cond=cond, generator=g, progress=False)
+        ode = ddim_sample(guided, x_T, SCH, index_grid(SCH, 100), cond=cond, progress=False)
         m, sd = tilted_moments(mix, y, s)
         results[s] = (m, anc.mean().item(), ode.mean().item())
         print(f"s = {s:g}: tilted p(x) p(y|x)^s mean {m:.3f} sd {sd:.3f}; CFG + DDPM mean {anc.mean():.3f} "
@@ -188,7 +189,7 @@ def test_shipped_cfg_digits_at_the_default_scale_draws_the_requested_digits(clf)
         y = torch.arange(10).repeat_interleave(per_class)  # (10 * per_class,)
         g = torch.Generator().manual_seed(11)
         x_T = torch.randn(len(y), 1, 8, 8, generator=g)
-        x = ddim_sample(ClassifierFreeGuidance(model, s, null_label=10), x_T, SCH, DDIM_STEPS, cond=y,
+        x = ddim_sample(ClassifierFreeGuidance(model, s, null_label=10), x_T, SCH, index_grid(SCH, DDIM_STEPS), cond=y,
                         progress=False).clamp(-1, 1)
         accs[s] = clf.accuracy(x, y)
     print(f"cfg_digits, DDIM {DDIM_STEPS} steps: accuracy {accs[0.0]:.3f} at s = 0 (50 samples), "

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from diffedu.grids import index_grid
 from diffedu.classifier_training import noisy_accuracy, noisy_classifier_loss, sample_times
 from diffedu.ddim import ddim_sample
 from diffedu.ddpm import ddpm_sample
@@ -91,17 +92,17 @@ def test_noisy_classifier_rejects_bad_input():
     net = NoisyClassifier(base_channels=8)
     x = torch.randn(2, 1, 8, 8)
     with pytest.raises(ValueError, match="x must be finite|x .*NaN|x contains"):
-        net(torch.full((2, 1, 8, 8), float("nan")), 0.5)
+        net.check_inputs(torch.full((2, 1, 8, 8), float("nan")), 0.5)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, H, W\)"):
-        net(torch.randn(2, 3, 8, 8), 0.5)
+        net.check_inputs(torch.randn(2, 3, 8, 8), 0.5)
     with pytest.raises(ValueError, match="divisible by 2"):
-        net(torch.randn(2, 1, 7, 7), 0.5)
+        net.check_inputs(torch.randn(2, 1, 7, 7), 0.5)
     with pytest.raises(ValueError, match="floating-point"):
-        net(torch.zeros(2, 1, 8, 8, dtype=torch.long), 0.5)
+        net.check_inputs(torch.zeros(2, 1, 8, 8, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match=r"t .*\[0(\.0)?, 1(\.0)?\]"):
-        net(x, 1.5)
+        net.check_inputs(x, 1.5)
     with pytest.raises(ValueError, match="integer step indices"):
-        net(x, torch.tensor([3, 4]))
+        net.check_inputs(x, torch.tensor([3, 4]))
     with pytest.raises(ValueError, match="build_net|config"):
         build_net({"name": "NoisyClassifier", "num_clases": 3})
 
@@ -222,8 +223,8 @@ def test_guided_sampling_with_the_exact_mixture_lands_on_the_requested_component
             g = torch.Generator().manual_seed(k)
             x_T, y = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.full((n,), k)
             guided = ClassifierGuidance(model, clf, s, SCH)
-            x0 = (ddim_sample(guided, x_T, SCH, 50, cond=y, progress=False) if sampler == "ddim" else
-                  ddpm_sample(guided, x_T, SCH, steps=50, cond=y, generator=g, progress=False))
+            x0 = (ddim_sample(guided, x_T, SCH, index_grid(SCH, 50), cond=y, progress=False) if sampler == "ddim" else
+                  ddpm_sample(guided, x_T, SCH, index_grid(SCH, 50), cond=y, generator=g, progress=False))
             fracs[s] = (owner(mix, x0) == k).double().mean().item()
         print(f"{sampler} class {k}: owned fraction s=1 {fracs[1.0]:.3f} (exact conditional {ref:.3f}), "
               f"s=4 {fracs[4.0]:.3f}; prior weight {mix.weights[k].item():.2f}")
@@ -251,7 +252,7 @@ def test_noisy_guidance_at_large_scale_is_not_the_tilted_density():
     for s in (1.0, 10.0):
         g = torch.Generator().manual_seed(5)
         x0 = ddpm_sample(ClassifierGuidance(model, clf, s, SCH), torch.randn(n, 2, generator=g, dtype=torch.float64),
-                         SCH, steps=100, cond=torch.full((n,), y), generator=g, progress=False)
+                         SCH, index_grid(SCH, 100), cond=torch.full((n,), y), generator=g, progress=False)
         a, b = tilted_grid_samples(mix, y, s, n, g), tilted_grid_samples(mix, y, s, n, g)
         out[s] = (energy_distance(x0, a), energy_distance(a, b))
         print(f"s={s}: energy distance guided-vs-tilted {out[s][0]:.4f}, tilted-vs-tilted {out[s][1]:.4f}; "
@@ -269,7 +270,7 @@ def test_guidance_rejects_unknown_class_ids_and_bad_scales_with_the_noisy_classi
     images = ClassifierGuidance(lambda x, t, cond=None: torch.zeros_like(x), clf, 2.0, SCH)
     x = torch.randn(2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"cond .*\[0, 2\]"):
-        images(x, torch.full((2,), 0.5), torch.tensor([0, 3]))
+        images.check_inputs(x, torch.full((2,), 0.5), torch.tensor([0, 3]))
     assert images(x, torch.full((2,), 0.5), torch.tensor([0, 2])).shape == x.shape
 
 
@@ -306,7 +307,7 @@ def test_guiding_the_unconditional_digits_ddpm_with_the_shipped_classifier_follo
     for s in (0.0, 4.0):
         g = torch.Generator().manual_seed(0)
         x = ddpm_sample(ClassifierGuidance(unet, clf, s, SCH), torch.randn(len(y), 1, 8, 8, generator=g), SCH,
-                        steps=20, cond=y, clip_x0=True, generator=g, progress=False)
+                        index_grid(SCH, 20), cond=y, clip_x0=True, generator=g, progress=False)
         acc[s] = reader.accuracy(x, y)
     print("reader accuracy of guided digits:", acc)
     assert acc[0.0] < 0.3

@@ -54,9 +54,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2
 from diffusers import (DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
                        EulerDiscreteScheduler, PNDMScheduler)
 
-from diffedu.ddim import ddim_invert, ddim_sample, spaced_indices  # noqa: E402
+from diffedu.ddim import ddim_invert, ddim_sample  # noqa: E402
 from diffedu.ddpm import ddpm_sample, q_sample  # noqa: E402
-from diffedu.samplers import discrete_sigmas, dpmpp_2m_sample, euler_sample, plms_sample  # noqa: E402
+from diffedu.grids import discrete_sigmas, index_grid, spaced_indices  # noqa: E402
+from diffedu.samplers import dpmpp_2m_sample, euler_sample, plms_sample  # noqa: E402
 from diffedu.schedules import linear_schedule  # noqa: E402
 from diffedu.toy import ExactModel, GaussianMixture  # noqa: E402
 
@@ -176,7 +177,8 @@ def test_ddpm_ancestral_matches_ddpm_scheduler(variance, steps):
     promote(d, schedule)
     x_T = noise(2)
     theirs = run_discrete(d, theirs_model(schedule), x_T, generator=torch.Generator().manual_seed(5))
-    _, ours, _ = ddpm_sample(ExactModel(MIXTURE, schedule), x_T, schedule, steps=steps, variance=variance,
+    _, ours, _ = ddpm_sample(ExactModel(MIXTURE, schedule), x_T, schedule, index_grid(schedule, steps or schedule.N),
+                             variance=variance,
                              generator=torch.Generator().manual_seed(5), progress=False, return_trajectory=True)
     assert rel_dev(ours, theirs) < TOL
 
@@ -191,8 +193,8 @@ def test_ddim_matches_ddim_scheduler(eta, spacing, offset, alpha_one):
     promote(d, SCHED)
     x_T = noise(3)
     theirs = run_discrete(d, theirs_model(SCHED), x_T, generator=torch.Generator().manual_seed(7), eta=eta)
-    _, ours, _ = ddim_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, K, eta=eta, spacing=spacing,
-                             steps_offset=offset, set_alpha_to_one=alpha_one,
+    indices = index_grid(SCHED, K, spacing, steps_offset=offset, final=0 if alpha_one else 1)
+    _, ours, _ = ddim_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, indices, eta=eta,
                              generator=torch.Generator().manual_seed(7), progress=False, return_trajectory=True)
     assert rel_dev(ours, theirs) < TOL
 
@@ -205,8 +207,8 @@ def test_ddim_inversion_matches_ddim_inverse_scheduler(spacing):
     promote(d, SCHED)
     x0 = MIXTURE.sample(B, torch.Generator().manual_seed(4))[0]
     theirs = run_discrete(d, theirs_model(SCHED), x0)
-    _, ours = ddim_invert(ExactModel(MIXTURE, SCHED), x0, SCHED, K, spacing=spacing, progress=False,
-                          return_trajectory=True)
+    _, ours, _ = ddim_invert(ExactModel(MIXTURE, SCHED), x0, SCHED, index_grid(SCHED, K, spacing), progress=False,
+                             return_trajectory=True)
     assert rel_dev(ours, theirs) < TOL
 
 
@@ -224,7 +226,7 @@ def test_euler_matches_euler_discrete_scheduler(spacing):
     for n, k in enumerate(e.timesteps):
         x = e.step(model(e.scale_model_input(x, k), k), k, x).prev_sample
         theirs.append(x / math.sqrt(float(sigmas[n + 1]) ** 2 + 1))  # back to x-space
-    _, ours, _ = euler_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, K, sigmas=sigmas, progress=False,
+    _, ours, _ = euler_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, sigmas, progress=False,
                               return_trajectory=True)
     assert rel_dev(ours, theirs) < TOL
 
@@ -242,7 +244,7 @@ def test_dpmpp_2m_matches_dpm_solver_multistep(K, spacing, final, lower_order_fi
     sigmas = s.sigmas.clone()
     x_T = noise(8)
     theirs = run_discrete(s, theirs_model(SCHED), x_T)
-    _, ours, _ = dpmpp_2m_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, K, sigmas=sigmas,
+    _, ours, _ = dpmpp_2m_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, sigmas,
                                  lower_order_final=lower_order_final, progress=False, return_trajectory=True)
     assert rel_dev(ours, theirs) < TOL
 
@@ -260,6 +262,6 @@ def test_plms_matches_pndm_scheduler(warmup):
     keep = list(range(1, len(states) - 1)) if warmup == "lower_order" else \
         [3, 7, 11] + list(range(12, len(states) - 1))
     theirs = [states[0]] + [states[n + 1] for n in keep]
-    _, ours, _ = plms_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, K, spacing="leading", warmup=warmup,
+    _, ours, _ = plms_sample(ExactModel(MIXTURE, SCHED), x_T, SCHED, index_grid(SCHED, K, "leading"), warmup=warmup,
                              progress=False, return_trajectory=True)
     assert rel_dev(ours, theirs) < TOL

@@ -7,6 +7,7 @@ import torch
 
 from diffedu.ddpm import (ddpm_loss, ddpm_sample, discretized_gaussian_log_likelihood, elbo_terms, normal_kl,
                           q_posterior, q_sample)
+from diffedu.grids import index_grid
 from diffedu.schedules import VPLinear, cosine_schedule, linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture, eight_gaussians, gaussian
 
@@ -86,7 +87,7 @@ def test_ancestral_sampler_with_exact_denoiser_reproduces_the_mixture(variance, 
     n = 4000
     g = torch.Generator().manual_seed(0)
     x_T = torch.randn(n, 2, generator=g, dtype=torch.float64)
-    x = ddpm_sample(ExactModel(gm, sch, "eps"), x_T, sch, steps=steps, variance=variance, generator=g,
+    x = ddpm_sample(ExactModel(gm, sch, "eps"), x_T, sch, index_grid(sch, steps or sch.N), variance=variance, generator=g,
                     progress=False)
     assert torch.allclose(x.mean(0), gm.mean(), atol=0.1)
     assert torch.allclose(torch.cov(x.T), gm.covariance(), atol=0.15)
@@ -102,9 +103,10 @@ def test_ancestral_sampler_with_exact_denoiser_reproduces_the_mixture(variance, 
 def test_sampler_trajectory_and_determinism():
     gm, sch = eight_gaussians(), linear_schedule(N=50)
     x_T = torch.randn(10, 2)
-    a, traj, x0s = ddpm_sample(ExactModel(gm, sch), x_T, sch, generator=torch.Generator().manual_seed(3),
-                               progress=False, return_trajectory=True)
-    b = ddpm_sample(ExactModel(gm, sch), x_T, sch, generator=torch.Generator().manual_seed(3), progress=False)
+    a, traj, x0s = ddpm_sample(ExactModel(gm, sch), x_T, sch, index_grid(sch, 50),
+                               generator=torch.Generator().manual_seed(3), progress=False, return_trajectory=True)
+    b = ddpm_sample(ExactModel(gm, sch), x_T, sch, index_grid(sch, 50), generator=torch.Generator().manual_seed(3),
+                    progress=False)
     assert torch.equal(a, b)
     assert len(traj) == 51 and len(x0s) == 50
     assert torch.equal(traj[0], x_T) and torch.equal(traj[-1], a)
@@ -189,15 +191,15 @@ def test_ddpm_bad_input():
     model = ExactModel(eight_gaussians(), sch)
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match="schedule"):
-        ddpm_sample(model, x, VPLinear())
+        ddpm_sample(model, x, VPLinear(), torch.tensor([10, 0]))
     with pytest.raises(ValueError, match="steps"):
-        ddpm_sample(model, x, sch, steps=11)
+        ddpm_sample(model, x, sch, index_grid(sch, 11))
     with pytest.raises(ValueError, match="steps"):
-        ddpm_sample(model, x, sch, steps=0)
+        ddpm_sample(model, x, sch, index_grid(sch, 0))
     with pytest.raises(ValueError, match="variance"):
-        ddpm_sample(model, x, sch, variance="large")
+        ddpm_sample(model, x, sch, index_grid(sch, 10), variance="large")
     with pytest.raises(ValueError, match="x_T"):
-        ddpm_sample(model, torch.full((4, 2), float("nan")), sch)
+        ddpm_sample(model, torch.full((4, 2), float("nan")), sch, index_grid(sch, 10))
     with pytest.raises(ValueError, match="i must lie"):
         q_sample(sch, x, torch.tensor([0, 1, 2, 11]))
     with pytest.raises(ValueError, match="i must have shape"):

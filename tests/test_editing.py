@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from diffedu.grids import index_grid
 from diffedu.editing import check_mask, inpaint, repaint_levels, sdedit, start_index, truncated_chain
 from diffedu.guidance import ClassifierFreeGuidance
 from diffedu.schedules import VPLinear, linear_schedule
@@ -174,10 +175,10 @@ def test_known_pixels_are_kept_exactly_and_a_full_mask_returns_the_input():
     model = ExactModel(gaussian(MU, SIGMA), SCH)
     x = torch.randn(8, 2, generator=_gen(9), dtype=torch.float64)
     for method in ("replace", "repaint"):
-        out = inpaint(model, x, torch.tensor([1.0, 0.0]), SCH, steps=20, method=method, resample=2 if
+        out = inpaint(model, x, torch.tensor([1.0, 0.0]), SCH, index_grid(SCH, 20), method=method, resample=2 if
                       method == "repaint" else None, generator=_gen(10), progress=False)
         assert torch.equal(out[:, 0], x[:, 0]) and not torch.equal(out[:, 1], x[:, 1])
-        full = inpaint(model, x, torch.ones(8, 2, dtype=torch.bool), SCH, steps=20, method=method,
+        full = inpaint(model, x, torch.ones(8, 2, dtype=torch.bool), SCH, index_grid(SCH, 20), method=method,
                        generator=_gen(10), progress=False)
         assert torch.equal(full, x)
 
@@ -188,8 +189,9 @@ def test_known_part_is_the_forward_noised_known_image_at_each_level():
     mix, _ = _gaussian_problem()
     x = torch.zeros(5000, 2, dtype=torch.float64)
     x[:, 0] = 1.5
-    _, traj, levels = inpaint(ExactModel(mix, SCH), x, torch.tensor([1.0, 0.0]), SCH, steps=20, jump_length=4,
-                              resample=2, generator=_gen(19), progress=False, return_trajectory=True)
+    _, traj, _ = inpaint(ExactModel(mix, SCH), x, torch.tensor([1.0, 0.0]), SCH, index_grid(SCH, 20), jump_length=4,
+                         resample=2, generator=_gen(19), progress=False, return_trajectory=True)
+    levels = repaint_levels(20, 4, 2)
     assert len(traj) == len(levels) and levels == repaint_levels(20, 4, 2)
     checked = 0
     for n in range(1, len(levels)):
@@ -208,8 +210,8 @@ def test_replacement_is_repaint_without_resampling():
     model = ExactModel(gaussian(MU, SIGMA), SCH)
     x = torch.randn(8, 2, generator=_gen(11), dtype=torch.float64)
     mask = torch.tensor([0.0, 1.0])
-    a = inpaint(model, x, mask, SCH, steps=30, method="replace", generator=_gen(12), progress=False)
-    b = inpaint(model, x, mask, SCH, steps=30, method="repaint", jump_length=5, resample=1, generator=_gen(12),
+    a = inpaint(model, x, mask, SCH, index_grid(SCH, 30), method="replace", generator=_gen(12), progress=False)
+    b = inpaint(model, x, mask, SCH, index_grid(SCH, 30), method="repaint", jump_length=5, resample=1, generator=_gen(12),
                 progress=False)
     assert torch.equal(a, b)
 
@@ -238,7 +240,7 @@ def test_inpainting_independent_coordinates_samples_the_marginal():
     x = torch.zeros(6000, 2, dtype=torch.float64)
     x[:, 0] = 2.0
     for method in ("replace", "repaint"):
-        out = inpaint(model, x, torch.tensor([1.0, 0.0]), SCH, steps=100, method=method, jump_length=1,
+        out = inpaint(model, x, torch.tensor([1.0, 0.0]), SCH, index_grid(SCH, 100), method=method, jump_length=1,
                       resample=3 if method == "repaint" else None, variance="beta", generator=_gen(13),
                       progress=False)
         _assert_moments(out[:, 1:], torch.tensor([0.7], dtype=torch.float64),
@@ -254,7 +256,7 @@ def test_inpainting_a_correlated_gaussian_matches_its_exact_law(method, jump_len
     a_known, K = 1.5, 100
     x = torch.zeros(5000, 2, dtype=torch.float64)
     x[:, 0] = a_known
-    out = inpaint(model, x, torch.tensor([1.0, 0.0]), SCH, steps=K, method=method, jump_length=jump_length,
+    out = inpaint(model, x, torch.tensor([1.0, 0.0]), SCH, index_grid(SCH, K), method=method, jump_length=jump_length,
                   resample=resample, generator=_gen(14), progress=False)
     levels = repaint_levels(K, jump_length or 1, resample or 1)
     m, P = _inpaint_moments(torch.zeros(2, dtype=torch.float64), cov, a_known, K, levels)
@@ -288,7 +290,7 @@ def test_class_conditional_inpainting_passes_cond_through():
     x = torch.zeros(200, 2, dtype=torch.float64)
     y = torch.arange(200) % 2
     for net in (model, ClassifierFreeGuidance(model, 1.0, null_label=2)):
-        out = inpaint(net, x, torch.tensor([1.0, 0.0]), SCH, steps=50, method="repaint", jump_length=5,
+        out = inpaint(net, x, torch.tensor([1.0, 0.0]), SCH, index_grid(SCH, 50), method="repaint", jump_length=5,
                       resample=2, cond=y, generator=_gen(15), progress=False)
         assert torch.equal(torch.sign(out[:, 1]).long(), 1 - 2 * y)
         out = sdedit(net, x, SCH, 0.8, steps=50, cond=y, generator=_gen(16), progress=False)
@@ -302,7 +304,7 @@ def test_inpainting_images_with_a_broadcast_mask():
     net.prediction = "eps"
     x = torch.randn(3, 1, 2, 2, generator=_gen(17), dtype=torch.float64)
     mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]])[None, None]  # (1, 1, 2, 2): top row known
-    out = inpaint(net, x, mask, SCH, steps=10, resample=2, generator=_gen(18), progress=False)
+    out = inpaint(net, x, mask, SCH, index_grid(SCH, 10), resample=2, generator=_gen(18), progress=False)
     assert out.shape == x.shape and torch.equal(out[:, :, 0], x[:, :, 0])
 
 
@@ -339,7 +341,7 @@ def test_bad_masks_are_rejected(mask, match):
     model = ExactModel(gaussian(MU, SIGMA), SCH)
     x = torch.zeros(4, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="mask") as info:
-        inpaint(model, x, mask, SCH, steps=10, progress=False)
+        inpaint(model, x, mask, SCH, index_grid(SCH, 10), progress=False)
     assert match in str(info.value)
 
 
@@ -351,10 +353,11 @@ def test_bad_inpaint_arguments_are_rejected():
              (dict(method="replace", resample=3), "resample"), (dict(variance="large"), "variance"),
              (dict(steps=0), "steps")]
     for kwargs, name in cases:
+        steps = kwargs.pop("steps", 10)
         with pytest.raises(ValueError, match=name):
-            inpaint(model, x, mask, SCH, **{"steps": 10, **kwargs}, progress=False)
+            inpaint(model, x, mask, SCH, index_grid(SCH, steps), **kwargs, progress=False)
     with pytest.raises(ValueError, match="x_known"):
-        inpaint(model, torch.full((4, 2), float("nan")), mask, SCH, steps=10, progress=False)
+        inpaint(model, torch.full((4, 2), float("nan")), mask, SCH, index_grid(SCH, 10), progress=False)
     with pytest.raises(ValueError, match="schedule"):
-        inpaint(model, x, mask, VPLinear(), steps=10, progress=False)
+        inpaint(model, x, mask, VPLinear(), torch.tensor([10, 0]), progress=False)
     assert torch.equal(check_mask(torch.tensor([True, False]), x), torch.tensor([1.0, 0.0], dtype=torch.float64))

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from diffedu import ncsn
+from diffedu.grids import check_sigma_ladder
+from diffedu.predictions import predict_x0_eps
 from diffedu.metrics import energy_distance
 from diffedu.schedules import VE, linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture, gaussian
@@ -56,28 +58,28 @@ def component_fractions(mix: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
 # --- the noise ladder --------------------------------------------------------------------------------------------
 
 def test_geometric_sigmas_endpoints_and_constant_ratio():
-    sigmas = ncsn.geometric_sigmas(50.0, 0.01, 232)
+    sigmas = ncsn.geometric_sigmas(232, 0.01, 50.0)
     assert sigmas.dtype == torch.float64 and sigmas.shape == (232,)
     assert sigmas[0].item() == pytest.approx(50.0, rel=1e-12) and sigmas[-1].item() == pytest.approx(0.01, rel=1e-12)
     ratios = sigmas[:-1] / sigmas[1:]
     assert torch.allclose(ratios, torch.full_like(ratios, (50 / 0.01) ** (1 / 231)), rtol=1e-10)
-    assert torch.equal(ncsn.check_sigmas(sigmas), sigmas)
-    assert ncsn.geometric_sigmas(2.0, 1.0, 1).tolist() == [2.0]  # one level: sigma_max
+    assert check_sigma_ladder(VE(0.01, 50.0), sigmas)[0] == sigmas.tolist()
+    assert ncsn.geometric_sigmas(1, 1.0, 2.0).tolist() == [2.0]  # one level: sigma_max
 
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], [1.0, 1.0], [1.0, -0.5], [1.0, float("nan")], [[1.0, 0.5]], []])
 def test_check_sigmas_rejects_bad_ladders(bad):
     with pytest.raises(ValueError, match="sigmas"):
-        ncsn.check_sigmas(torch.tensor(bad))
+        check_sigma_ladder(VE(0.01, 50.0), torch.tensor(bad))
 
 
 def test_geometric_sigmas_bad_input():
     with pytest.raises(ValueError, match="sigma_max"):
-        ncsn.geometric_sigmas(0.5, 1.0, 10)
+        ncsn.geometric_sigmas(10, 1.0, 0.5)
     with pytest.raises(ValueError, match="sigma_min"):
-        ncsn.geometric_sigmas(1.0, 0.0, 10)
-    with pytest.raises(ValueError, match="L"):
-        ncsn.geometric_sigmas(1.0, 0.1, 0)
+        ncsn.geometric_sigmas(10, 0.0, 1.0)
+    with pytest.raises(ValueError, match="steps"):
+        ncsn.geometric_sigmas(0, 0.1, 1.0)
 
 
 # --- explicit score matching ---------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def test_dsm_loss_on_a_ladder_draws_its_levels_and_has_the_closed_form_minimum()
     """With the exact eps-model of N(mu, s^2 I), the loss per dimension is the mean over the ladder of
     Var(z | x) = s^2 / (s^2 + sigma_i^2)."""
     ve = VE(0.01, 10.0)
-    sigmas = ncsn.geometric_sigmas(10.0, 0.1, 6)
+    sigmas = ncsn.geometric_sigmas(6, 0.1, 10.0)
     recorder = EpsOf()
     ncsn.dsm_loss(recorder, torch.zeros(3000, 2), ve, generator=gen(21), sigmas=sigmas)
     t = recorder.times[0].double()
@@ -296,8 +298,8 @@ def test_plain_langevin_gets_the_weights_wrong_and_annealed_langevin_gets_them_r
     plain_error = 0.5 * (component_fractions(mix, plain) - mix.weights).abs().sum().item()  # total variation
 
     ve = VE(0.01, 6.0)
-    sigmas = ncsn.geometric_sigmas(6.0, 0.01, 10)
-    annealed = ncsn.annealed_langevin(ExactModel(mix, ve), 6.0 * torch.randn(n, 2, generator=gen(36),
+    sigmas = ncsn.geometric_sigmas(10, 0.01, 6.0)
+    annealed = ncsn.annealed_langevin_sample(ExactModel(mix, ve), 6.0 * torch.randn(n, 2, generator=gen(36),
                                                                              dtype=torch.float64),
                                       ve, sigmas, n_steps_each=60, epsilon=0.5 * 0.01 ** 2, generator=gen(37),
                                       progress=False)
@@ -309,13 +311,17 @@ def test_plain_langevin_gets_the_weights_wrong_and_annealed_langevin_gets_them_r
 
 def test_langevin_trajectory_and_annealed_trajectory_lengths():
     x0 = torch.zeros(5, 2)
-    x, traj = ncsn.langevin_dynamics(lambda y: -y, x0, 0.1, 7, generator=gen(0), return_trajectory=True)
+    x, traj, _ = ncsn.langevin_dynamics(lambda y: -y, x0, 0.1, 7, generator=gen(0), return_trajectory=True)
     assert len(traj) == 8 and torch.equal(traj[-1], x) and torch.equal(traj[0], x0)
     ve = VE(0.1, 2.0)
     model = ExactModel(gaussian(torch.zeros(2), 1.0), ve)
-    out, levels = ncsn.annealed_langevin(model, torch.zeros(5, 2), ve, ncsn.geometric_sigmas(2.0, 0.1, 4), 3,
-                                         generator=gen(0), progress=False, return_trajectory=True)
-    assert len(levels) == 1 + 4 + 1 and torch.equal(levels[-1], out)  # start, each level, the denoising step
+    out, levels, x0s = ncsn.annealed_langevin_sample(model, torch.zeros(5, 2), ve, ncsn.geometric_sigmas(4, 0.1, 2.0),
+                                                     n_steps_each=3, generator=gen(0), progress=False,
+                                                     return_trajectory=True)
+    assert len(levels) == 1 + 4 and len(x0s) == 4  # start and each level; out is the denoised last level
+    undenoised = ncsn.annealed_langevin_sample(model, torch.zeros(5, 2), ve, ncsn.geometric_sigmas(4, 0.1, 2.0),
+                                               n_steps_each=3, generator=gen(0), progress=False, denoise=False)
+    assert torch.equal(levels[-1], undenoised)
 
 
 def test_score_fn_freezes_a_network_at_one_time():
@@ -325,7 +331,7 @@ def test_score_fn_freezes_a_network_at_one_time():
     x = torch.randn(64, 2, generator=gen(1), dtype=torch.float64)
     t = ve.time_of_sigma(0.7)
     assert torch.allclose(ncsn.score_fn(model, t, ve)(x), mix.score(x, 1.0, 0.7), atol=1e-9)
-    assert torch.allclose(ncsn.score_fn(model, t, ve)(x), ncsn.model_score(model, x, t, ve))
+    assert torch.allclose(ncsn.score_fn(model, t, ve)(x), -predict_x0_eps(model, x, t, ve)[1] / ve.sigma(t))
 
 
 # --- bad input -------------------------------------------------------------------------------------------------------
@@ -353,10 +359,10 @@ def test_bad_input_raises_value_errors():
         (lambda: ncsn.dsm_loss(EpsOf(), x, linear_schedule()), "VE"),
         (lambda: ncsn.dsm_loss(EpsOf(), x, ve, sigmas=torch.tensor([0.1, 1.0])), "decreasing"),
         (lambda: ncsn.dsm_loss(EpsOf(), x, ve, sigmas=torch.tensor([50.0, 1.0])), "range"),
-        (lambda: ncsn.annealed_langevin(EpsOf(), x, ve, torch.tensor([1.0, 1.0]), progress=False), "decreasing"),
-        (lambda: ncsn.annealed_langevin(EpsOf(), x, ve, torch.tensor([1.0, 0.1]), n_steps_each=0,
+        (lambda: ncsn.annealed_langevin_sample(EpsOf(), x, ve, torch.tensor([1.0, 1.0]), progress=False), "decreasing"),
+        (lambda: ncsn.annealed_langevin_sample(EpsOf(), x, ve, torch.tensor([1.0, 0.1]), n_steps_each=0,
                                         progress=False), "n_steps_each"),
-        (lambda: ncsn.annealed_langevin(EpsOf(), x, ve, torch.tensor([1.0, 0.1]), epsilon=-1e-5,
+        (lambda: ncsn.annealed_langevin_sample(EpsOf(), x, ve, torch.tensor([1.0, 0.1]), epsilon=-1e-5,
                                         progress=False), "epsilon"),
         (lambda: ncsn.score_fn(EpsOf(), torch.tensor([0.1, 0.2]), ve), "single time"),
         (lambda: ncsn.score_fn(EpsOf(), 1.5, ve), "t must lie"),

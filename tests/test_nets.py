@@ -268,7 +268,7 @@ BAD_CALLS = [
 def test_bad_call_raises(case: tuple) -> None:
     _, factory, x, t, cond, name = case
     with pytest.raises(ValueError, match=rf"^{name}\b"):
-        factory()(x, t, cond)
+        factory().check_inputs(x, t, cond)
 
 
 BAD_CONSTRUCTIONS = [

@@ -10,11 +10,12 @@ import math
 import pytest
 import torch
 
-from diffedu.ddim import ddim_invert, ddim_sample, slerp, spaced_indices
+from diffedu.ddim import ddim_invert, ddim_sample, slerp
 from diffedu.ddpm import ddpm_sample
+from diffedu.grids import (discrete_sigmas, index_grid, karras_sigmas, sigma_grid, sigma_range, sigma_tilde,
+                           spaced_indices, time_of_sigma)
 from diffedu.predictions import predict_x0_eps, predict_x0_eps_at
-from diffedu.samplers import (discrete_sigmas, dpmpp_2m_sample, euler_sample, heun_sample, karras_sigmas,
-                              plms_sample, sigma_grid, sigma_range, sigma_tilde, time_of_sigma)
+from diffedu.samplers import dpmpp_2m_sample, euler_sample, heun_sample, plms_sample
 from diffedu.schedules import VE, VPCosine, VPLinear, cosine_schedule, linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture, gaussian
 
@@ -25,6 +26,16 @@ GAUSS = gaussian(M, torch.diag(S ** 2))
 MIXTURE = GaussianMixture(torch.tensor([[-1.0, 0.5], [1.5, 1.0], [0.0, -1.5]]), torch.tensor([0.3, 0.5, 0.4]),
                           torch.tensor([0.2, 0.5, 0.3]))
 SCHED = linear_schedule(1000)
+
+
+def ig(K, spacing="trailing", **kw):
+    """The index grid of K steps on SCHED."""
+    return index_grid(SCHED, K, spacing, **kw)
+
+
+def sg(K, grid="karras", schedule=SCHED, **kw):
+    """A named sigma~ grid of K steps."""
+    return sigma_grid(schedule, K, grid, **kw)
 
 
 def noise(seed, shape=(32, 3)):
@@ -52,7 +63,7 @@ def test_ddim_eta0_follows_the_exact_flow_at_first_order():
     x0_exact = exact_flow(SCHED, x_T, 1.0, 0.0)
     errors = []
     for K in (10, 20, 40):
-        x, traj, _ = ddim_sample(model, x_T, SCHED, K, progress=False, return_trajectory=True)
+        x, traj, _ = ddim_sample(model, x_T, SCHED, ig(K), progress=False, return_trajectory=True)
         errors.append((x - x0_exact).abs().max().item())
         # every intermediate state is close to the exact flow at its own time, too
         idx = spaced_indices(SCHED.N, K).tolist() + [0]
@@ -67,9 +78,9 @@ def test_ddim_eta1_is_ddpm_ancestral_with_beta_tilde():
     model = ExactModel(MIXTURE, SCHED)
     x_T = noise(1, (16, 2))
     for K in (25, 7):
-        a = ddim_sample(model, x_T, SCHED, K, eta=1.0, spacing="trailing", progress=False,
+        a = ddim_sample(model, x_T, SCHED, ig(K, "trailing"), eta=1.0, progress=False,
                         generator=torch.Generator().manual_seed(3))
-        b = ddpm_sample(model, x_T, SCHED, steps=K, variance="beta_tilde", progress=False,
+        b = ddpm_sample(model, x_T, SCHED, ig(K), variance="beta_tilde", progress=False,
                         generator=torch.Generator().manual_seed(3))
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -80,19 +91,19 @@ def test_ddim_inversion_then_regeneration_reconstructs_x0():
     x0 = GAUSS.sample(64, torch.Generator().manual_seed(2))[0]
     errors = []
     for K in (10, 20, 40):
-        x_T = ddim_invert(model, x0, SCHED, K, progress=False)
-        errors.append((ddim_sample(model, x_T, SCHED, K, progress=False) - x0).abs().max().item())
+        x_T = ddim_invert(model, x0, SCHED, ig(K), progress=False)
+        errors.append((ddim_sample(model, x_T, SCHED, ig(K), progress=False) - x0).abs().max().item())
     observed = orders(errors)
     assert all(0.7 < p < 1.3 for p in observed), (errors, observed)
     # the mixture: the mean error falls too (points near the components' boundaries converge late)
     model = ExactModel(MIXTURE, SCHED)
     x0 = MIXTURE.sample(64, torch.Generator().manual_seed(2))[0]
-    err = [(ddim_sample(model, ddim_invert(model, x0, SCHED, K, progress=False), SCHED, K, progress=False)
+    err = [(ddim_sample(model, ddim_invert(model, x0, SCHED, ig(K), progress=False), SCHED, ig(K), progress=False)
             - x0).abs().mean().item() for K in (10, 40)]
     assert err[1] < 0.5 * err[0], err
     # the encoding is approximately Gaussian noise
     x_T = ddim_invert(ExactModel(MIXTURE, SCHED), MIXTURE.sample(4000, torch.Generator().manual_seed(5))[0], SCHED,
-                      50, progress=False)
+                      ig(50), progress=False)
     assert x_T.mean(0).abs().max() < 0.1 and (x_T.std(0) - 1).abs().max() < 0.1
 
 
@@ -102,26 +113,26 @@ def test_ddim_eta0_is_euler_and_first_order_dpm_solver_on_the_same_grid():
     x_T = noise(4, (8, 2))
     K = 12
     sig = discrete_sigmas(SCHED, spaced_indices(SCHED.N, K, "leading"))
-    a = ddim_sample(model, x_T, SCHED, K, spacing="leading", progress=False)
-    b = euler_sample(model, x_T, SCHED, K, sigmas=sig, progress=False)
-    c = plms_sample(model, x_T, SCHED, 1, progress=False)
-    d = ddim_sample(model, x_T, SCHED, 1, progress=False)
+    a = ddim_sample(model, x_T, SCHED, ig(K, "leading"), progress=False)
+    b = euler_sample(model, x_T, SCHED, sig, progress=False)
+    c = plms_sample(model, x_T, SCHED, ig(1), progress=False)
+    d = ddim_sample(model, x_T, SCHED, ig(1), progress=False)
     assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
     assert torch.allclose(c, d, rtol=1e-12, atol=1e-12)
     # a 2-step DPM-Solver++ to sigma = 0 is all first order: DDIM again
     sig2 = discrete_sigmas(SCHED, spaced_indices(SCHED.N, 2))
-    assert torch.allclose(dpmpp_2m_sample(model, x_T, SCHED, 2, sigmas=sig2, progress=False),
-                          ddim_sample(model, x_T, SCHED, 2, progress=False), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(dpmpp_2m_sample(model, x_T, SCHED, sig2, progress=False),
+                          ddim_sample(model, x_T, SCHED, ig(2), progress=False), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["x0", "v", "score"])
 def test_prediction_type_does_not_change_the_sampler(kind):
     x_T = noise(5, (8, 2))
     eps_model, other = ExactModel(MIXTURE, SCHED, "eps"), ExactModel(MIXTURE, SCHED, kind)
-    for run in (lambda m: ddim_sample(m, x_T, SCHED, 10, eta=0.5, generator=torch.Generator().manual_seed(0),
+    for run in (lambda m: ddim_sample(m, x_T, SCHED, ig(10), eta=0.5, generator=torch.Generator().manual_seed(0),
                                       progress=False),
-                lambda m: dpmpp_2m_sample(m, x_T, SCHED, 10, progress=False),
-                lambda m: plms_sample(m, x_T, SCHED, 10, progress=False)):
+                lambda m: dpmpp_2m_sample(m, x_T, SCHED, sg(10, "logsnr"), progress=False),
+                lambda m: plms_sample(m, x_T, SCHED, ig(10), progress=False)):
         assert torch.allclose(run(eps_model), run(other), rtol=1e-8, atol=1e-8)
 
 
@@ -214,20 +225,18 @@ def test_dpmpp_2m_default_grid_beats_diffusers_default_steps():
     x_T = noise(15, (128, 2))
     ref, _ = reference_endpoint(mixture, SCHED, x_T)
     model = ExactModel(mixture, SCHED)
-    default = dpmpp_2m_sample(model, x_T, SCHED, K, progress=False)
-    assert torch.equal(default, dpmpp_2m_sample(model, x_T, SCHED, K, sigmas=sigma_grid(SCHED, K, "logsnr"),
-                                                progress=False))
+    default = dpmpp_2m_sample(model, x_T, SCHED, sg(K, "logsnr"), progress=False)
     k = torch.round(torch.linspace(0, SCHED.N - 1, K + 1, dtype=F64)).long().flip(0)[:-1]  # diffusers' timesteps
-    theirs = dpmpp_2m_sample(model, x_T, SCHED, K, sigmas=discrete_sigmas(SCHED, k + 1), progress=False)
+    theirs = dpmpp_2m_sample(model, x_T, SCHED, discrete_sigmas(SCHED, k + 1), progress=False)
     rms = lambda x: (x - ref).pow(2).sum(1).mean().sqrt().item()  # noqa: E731
     assert rms(default) < 0.8 * rms(theirs), (rms(default), rms(theirs))
-    assert rms(dpmpp_2m_sample(model, x_T, SCHED, K, grid="karras", progress=False)) > rms(default)
+    assert rms(dpmpp_2m_sample(model, x_T, SCHED, sg(K, "karras"), progress=False)) > rms(default)
 
 
 def gaussian_run(sampler, schedule, K, x_T, **kw):
     smin, smax = sigma_range(schedule)
     sig = karras_sigmas(K, smin, smax, append_zero=False)  # end at sigma_min: the exact flow is known there
-    x = sampler(ExactModel(GAUSS, schedule), x_T, schedule, K - 1, sigmas=sig, progress=False, **kw)
+    x = sampler(ExactModel(GAUSS, schedule), x_T, schedule, sig, progress=False, **kw)
     t0, t1 = time_of_sigma(schedule, sig[0]), time_of_sigma(schedule, sig[-1])
     return (x - exact_flow(schedule, x_T, t0, t1)).abs().max().item()
 
@@ -252,7 +261,7 @@ def test_observed_order_on_a_mixture_by_self_convergence(sampler, lo, hi):
     smin, smax = sigma_range(sch, t_min=0.05)
     x_T = noise(9, (16, 2))
     wide = GaussianMixture(MIXTURE.means, torch.tensor([0.6, 0.8, 0.7]), MIXTURE.weights)
-    xs = [sampler(ExactModel(wide, sch), x_T, sch, K, sigmas=karras_sigmas(K + 1, smin, smax, append_zero=False),
+    xs = [sampler(ExactModel(wide, sch), x_T, sch, karras_sigmas(K + 1, smin, smax, append_zero=False),
                   progress=False) for K in (12, 24, 48)]
     diffs = [(a - b).abs().max().item() for a, b in zip(xs[:-1], xs[1:])]
     observed = orders(diffs)
@@ -262,11 +271,11 @@ def test_observed_order_on_a_mixture_by_self_convergence(sampler, lo, hi):
 def test_few_step_samplers_reach_the_mixture():
     """With 20 steps the ODE samplers' outputs sit on the modes with the right frequencies (a loose check)."""
     x_T = noise(10, (1000, 2))
-    for run in (lambda m: euler_sample(m, x_T, SCHED, 30, progress=False),
-                lambda m: heun_sample(m, x_T, SCHED, 20, progress=False),
-                lambda m: dpmpp_2m_sample(m, x_T, SCHED, 20, progress=False),
-                lambda m: plms_sample(m, x_T, SCHED, 20, progress=False),
-                lambda m: ddim_sample(m, x_T, SCHED, 30, progress=False)):
+    for run in (lambda m: euler_sample(m, x_T, SCHED, sg(30), progress=False),
+                lambda m: heun_sample(m, x_T, SCHED, sg(20), progress=False),
+                lambda m: dpmpp_2m_sample(m, x_T, SCHED, sg(20, "logsnr"), progress=False),
+                lambda m: plms_sample(m, x_T, SCHED, ig(20), progress=False),
+                lambda m: ddim_sample(m, x_T, SCHED, ig(30), progress=False)):
         x = run(ExactModel(MIXTURE, SCHED))
         nearest = torch.cdist(x, MIXTURE.means).argmin(1)
         freq = torch.bincount(nearest, minlength=3).double() / len(x)
@@ -288,16 +297,16 @@ class Counting(torch.nn.Module):
 @pytest.mark.parametrize("K", [1, 2, 5])
 def test_network_evaluation_counts(K):
     x_T = noise(11, (4, 2))
-    cases = [(lambda m: ddim_sample(m, x_T, SCHED, K, progress=False), K),
-             (lambda m: ddim_invert(m, x_T, SCHED, K, progress=False), K),
-             (lambda m: euler_sample(m, x_T, SCHED, K, progress=False), K),
-             (lambda m: heun_sample(m, x_T, SCHED, K, progress=False), 2 * K - 1),
-             (lambda m: dpmpp_2m_sample(m, x_T, SCHED, K, progress=False), K),
-             (lambda m: plms_sample(m, x_T, SCHED, K, progress=False), K + 1 if K > 1 else 1)]
+    cases = [(lambda m: ddim_sample(m, x_T, SCHED, ig(K), progress=False), K),
+             (lambda m: ddim_invert(m, x_T, SCHED, ig(K), progress=False), K),
+             (lambda m: euler_sample(m, x_T, SCHED, sg(K), progress=False), K),
+             (lambda m: heun_sample(m, x_T, SCHED, sg(K), progress=False), 2 * K - 1),
+             (lambda m: dpmpp_2m_sample(m, x_T, SCHED, sg(K, "logsnr"), progress=False), K),
+             (lambda m: plms_sample(m, x_T, SCHED, ig(K), progress=False), K + 1 if K > 1 else 1)]
     if K >= 4:
-        cases.append((lambda m: plms_sample(m, x_T, SCHED, K, warmup="prk", progress=False), K + 9))
+        cases.append((lambda m: plms_sample(m, x_T, SCHED, ig(K), warmup="prk", progress=False), K + 9))
     sig = karras_sigmas(K, *sigma_range(SCHED), append_zero=False)
-    cases.append((lambda m: heun_sample(m, x_T, SCHED, K - 1, sigmas=sig, progress=False), 2 * (K - 1))) \
+    cases.append((lambda m: heun_sample(m, x_T, SCHED, sig, progress=False), 2 * (K - 1))) \
         if K > 1 else None
     for run, nfe in cases:
         m = Counting(ExactModel(MIXTURE, SCHED))
@@ -308,11 +317,11 @@ def test_network_evaluation_counts(K):
 def test_dtype_trajectory_and_reproducibility():
     x_T = noise(12, (6, 2)).float()
     model = ExactModel(MIXTURE, SCHED)
-    for run in (lambda g: ddim_sample(model, x_T, SCHED, 8, eta=0.7, generator=g, progress=False,
+    for run in (lambda g: ddim_sample(model, x_T, SCHED, ig(8), eta=0.7, generator=g, progress=False,
                                       return_trajectory=True),
-                lambda g: dpmpp_2m_sample(model, x_T, SCHED, 8, generator=g, progress=False, return_trajectory=True),
-                lambda g: plms_sample(model, x_T, SCHED, 8, generator=g, progress=False, return_trajectory=True),
-                lambda g: heun_sample(model, x_T, SCHED, 8, generator=g, progress=False, return_trajectory=True)):
+                lambda g: dpmpp_2m_sample(model, x_T, SCHED, sg(8, "logsnr"), progress=False, return_trajectory=True),
+                lambda g: plms_sample(model, x_T, SCHED, ig(8), progress=False, return_trajectory=True),
+                lambda g: heun_sample(model, x_T, SCHED, sg(8), progress=False, return_trajectory=True)):
         x, traj, x0s = run(torch.Generator().manual_seed(0))
         x2 = run(torch.Generator().manual_seed(0))[0]
         assert x.dtype == torch.float32 and torch.equal(x, x2)
@@ -324,24 +333,29 @@ def test_dtype_trajectory_and_reproducibility():
 def test_bad_input_raises_clear_errors():
     model, x_T = ExactModel(MIXTURE, SCHED), noise(13, (4, 2))
     bad = [
-        (lambda: ddim_sample(model, x_T, SCHED, 0), "steps"),
-        (lambda: ddim_sample(model, x_T, SCHED, 1001), "steps"),
-        (lambda: ddim_sample(model, x_T, SCHED, 2.5), "steps"),
-        (lambda: ddim_sample(model, x_T, SCHED, 10, eta=-0.1), "eta"),
-        (lambda: ddim_sample(model, x_T, SCHED, 10, eta=float("nan")), "eta"),
-        (lambda: ddim_sample(model, x_T, SCHED, 10, eta=1.5), "eta"),
-        (lambda: ddim_sample(model, x_T, SCHED, 10, spacing="uniform"), "spacing"),
-        (lambda: ddim_sample(model, x_T, SCHED, 10, spacing="leading", steps_offset=200), "steps_offset"),
-        (lambda: ddim_sample(model, x_T, VPLinear(), 10), "DiscreteSchedule"),
-        (lambda: ddim_sample(model, x_T * float("nan"), SCHED, 10), "x_T"),
-        (lambda: ddim_invert(model, x_T, SCHED, 10, spacing="bogus"), "spacing"),
-        (lambda: plms_sample(model, x_T, SCHED, 3, warmup="prk"), "steps"),
-        (lambda: plms_sample(model, x_T, SCHED, 10, warmup="rk4"), "warmup"),
-        (lambda: euler_sample(model, x_T, SCHED, 0), "steps"),
-        (lambda: euler_sample(model, x_T, SCHED, 3, sigmas=torch.tensor([3.0, 1.0, 0.0])), "sigmas"),
-        (lambda: heun_sample(model, x_T, SCHED, 2, sigmas=torch.tensor([1.0, 3.0, 0.0])), "sigmas"),
-        (lambda: dpmpp_2m_sample(model, x_T, SCHED, 2, sigmas=torch.tensor([1e6, 3.0, 0.0])), "sigmas"),
-        (lambda: dpmpp_2m_sample(model, x_T, SCHED, 2, sigmas=torch.tensor([2.0, 0.0, 0.0])), "sigmas"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(0)), "steps"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(1001)), "steps"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(2.5)), "steps"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(10), eta=-0.1), "eta"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(10), eta=float("nan")), "eta"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(10), eta=1.5), "eta"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(10, "uniform")), "spacing"),
+        (lambda: ddim_sample(model, x_T, SCHED, ig(10, "leading", steps_offset=200)), "steps_offset"),
+        (lambda: ddim_sample(model, x_T, VPLinear(), ig(10)), "DiscreteSchedule"),
+        (lambda: ddim_sample(model, x_T * float("nan"), SCHED, ig(10)), "x_T"),
+        (lambda: ddim_sample(model, x_T, SCHED, torch.tensor([500, 600, 0])), "indices"),
+        (lambda: ddim_sample(model, x_T, SCHED, torch.tensor([1001, 0])), "indices"),
+        (lambda: ddim_sample(model, x_T, SCHED, torch.tensor([500.0, 0.0])), "indices"),
+        (lambda: ddim_sample(model, x_T.long(), SCHED, ig(10)), "x_T"),
+        (lambda: ddim_invert(model, x_T, SCHED, ig(10, "bogus")), "spacing"),
+        (lambda: plms_sample(model, x_T, SCHED, ig(3), warmup="prk"), "indices"),
+        (lambda: plms_sample(model, x_T, SCHED, ig(10), warmup="rk4"), "warmup"),
+        (lambda: ddpm_sample(model, x_T, SCHED, ig(10, final=1)), "indices"),
+        (lambda: euler_sample(model, x_T, SCHED, sg(0)), "steps"),
+        (lambda: euler_sample(model, x_T, SCHED, torch.tensor([3.0])), "sigmas"),
+        (lambda: heun_sample(model, x_T, SCHED, torch.tensor([1.0, 3.0, 0.0])), "sigmas"),
+        (lambda: dpmpp_2m_sample(model, x_T, SCHED, torch.tensor([1e6, 3.0, 0.0])), "sigmas"),
+        (lambda: dpmpp_2m_sample(model, x_T, SCHED, torch.tensor([2.0, 0.0, 0.0])), "sigmas"),
         (lambda: karras_sigmas(10, 1.0, 0.5), "sigma_max"),
         (lambda: karras_sigmas(10, 0.1, 10.0, rho=0.0), "rho"),
         (lambda: sigma_range(VE(0.01, 50.0), t_min=0.5, t_max=0.2), "t_min"),
@@ -356,18 +370,15 @@ def test_bad_input_raises_clear_errors():
 @pytest.mark.parametrize("sampler", [euler_sample, heun_sample])
 @pytest.mark.parametrize("grid", ["karras", "logsnr", "time_uniform"])
 def test_euler_and_heun_take_a_named_grid(sampler, grid):
-    """grid= is sigma_grid's grid (Karras by default); a wrong name raises."""
+    """Any sigma_grid runs through Euler and Heun; the grids differ; a wrong name raises."""
     model = ExactModel(MIXTURE, SCHED)
     x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    named = sampler(model, x_T, SCHED, 8, grid=grid, progress=False)
-    explicit = sampler(model, x_T, SCHED, 8, sigmas=sigma_grid(SCHED, 8, grid), progress=False)
-    assert torch.equal(named, explicit)
-    if grid == "karras":
-        assert torch.equal(named, sampler(model, x_T, SCHED, 8, progress=False))
-    else:
-        assert not torch.allclose(named, sampler(model, x_T, SCHED, 8, progress=False))
+    named = sampler(model, x_T, SCHED, sg(8, grid), progress=False)
+    assert torch.equal(named, sampler(model, x_T, SCHED, sg(8, grid), progress=False))
+    if grid != "karras":
+        assert not torch.allclose(named, sampler(model, x_T, SCHED, sg(8), progress=False))
     with pytest.raises(ValueError, match="grid"):
-        sampler(model, x_T, SCHED, 8, grid="uniform", progress=False)
+        sampler(model, x_T, SCHED, sg(8, "uniform"), progress=False)
 
 
 def test_log_snr_min_clips_the_grid_and_fixes_the_cosine_chain():
@@ -387,7 +398,7 @@ def test_log_snr_min_clips_the_grid_and_fixes_the_cosine_chain():
     x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = reference_endpoint(mixture, cosine, x_T)[0]
     model = ExactModel(mixture, cosine)
-    err = {clip: (dpmpp_2m_sample(model, x_T, cosine, 10, log_snr_min=clip, progress=False) - ref)
+    err = {clip: (dpmpp_2m_sample(model, x_T, cosine, sg(10, "logsnr", cosine, log_snr_min=clip), progress=False) - ref)
            .pow(2).sum(1).mean().sqrt().item() for clip in (None, -5.1)}
     assert err[-5.1] < 0.4 * err[None], err
 

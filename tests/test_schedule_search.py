@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from diffedu.ddim import ddim_sample, spaced_indices
-from diffedu.samplers import discrete_sigmas, dpmpp_2m_sample, euler_sample, heun_sample, karras_sigmas, sigma_range
+from diffedu.ddim import ddim_sample
+from diffedu.grids import discrete_sigmas, index_grid, karras_sigmas, sigma_range, spaced_indices
+from diffedu.samplers import dpmpp_2m_sample, euler_sample, heun_sample
 from diffedu.schedule_search import (brute_force_path, candidate_grid, exact_flow, log_snr_sigmas,
                                      mixture_denoiser, optimal_path, optimal_path_multistep, optimise_schedule)
 from diffedu.schedules import VPLinear, linear_schedule
@@ -65,23 +66,27 @@ def test_exact_flow_reference_is_converged():
 def test_optimised_grid_beats_the_standard_grids(solver, sampler, K):
     opt = optimise_schedule(MIX, SCHED, K, solver)
     assert opt.sigmas.shape == (K + 1,) and float(opt.sigmas[-1]) == 0 and bool((opt.sigmas.diff() < 0).all())
-    assert opt.indices.shape == (K,) and int(opt.indices[0]) == SCHED.N
-    assert torch.allclose(discrete_sigmas(SCHED, opt.indices), opt.sigmas)
+    assert opt.indices.shape == (K + 1,) and int(opt.indices[0]) == SCHED.N and int(opt.indices[-1]) == 0
+    assert torch.allclose(discrete_sigmas(SCHED, opt.indices[:-1]), opt.sigmas)
     lo, hi = sigma_range(SCHED)
     grids = {"karras rho=7": karras_sigmas(K, lo, hi), "uniform log-SNR": log_snr_sigmas(SCHED, K),
              "uniform t": discrete_sigmas(SCHED, spaced_indices(SCHED.N, K, "trailing"))}
-    ours = rms(sampler(MODEL, X_T, SCHED, K, sigmas=opt.sigmas, progress=False))
+    ours = rms(sampler(MODEL, X_T, SCHED, opt.sigmas, progress=False))
     for name, grid in grids.items():
-        theirs = rms(sampler(MODEL, X_T, SCHED, K, sigmas=grid, progress=False))
+        theirs = rms(sampler(MODEL, X_T, SCHED, grid, progress=False))
         assert ours < 0.8 * theirs, (name, ours, theirs)
 
 
-def test_ddim_indices_run_on_the_respaced_chain():
+def test_ddim_indices_are_an_index_grid():
     K = 5
     opt = optimise_schedule(MIX, SCHED, K, "ddim")
-    ours = rms(ddim_sample(MODEL, X_T, SCHED.respace(opt.indices.flip(0)), K, progress=False))
-    trailing = rms(ddim_sample(MODEL, X_T, SCHED, K, progress=False))
+    ours = rms(ddim_sample(MODEL, X_T, SCHED, opt.indices, progress=False))
+    trailing = rms(ddim_sample(MODEL, X_T, SCHED, index_grid(SCHED, K), progress=False))
     assert ours < 0.8 * trailing
+    # the same as DDIM on the respaced chain that visits only those indices
+    respaced = SCHED.respace(opt.indices[:-1].flip(0))
+    assert torch.allclose(ddim_sample(MODEL, X_T, respaced, index_grid(respaced, K), progress=False),
+                          ddim_sample(MODEL, X_T, SCHED, opt.indices, progress=False), rtol=1e-10, atol=1e-10)
 
 
 def test_continuous_schedule_grid():

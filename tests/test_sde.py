@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from diffedu import sde
+from diffedu import likelihood, sde
+from diffedu.grids import time_grid
+
+
+def tg(steps, schedule=None):
+    """The time grid of ``steps`` steps from 1 down to the schedule's default t_min (1e-3, or 0 for VE)."""
+    return time_grid(steps, 1e-3 if schedule is None else sde.default_t_min(schedule))
 from diffedu.metrics import energy_distance
 from diffedu.schedules import VE, DiscreteSchedule, SubVP, VPCosine, VPLinear, cosine_schedule, linear_schedule
 from diffedu.toy import ExactModel, GaussianMixture, eight_gaussians, gaussian
@@ -142,11 +148,11 @@ def test_samplers_reproduce_the_mixture(mixture_reference, sampler, name):
     x_T = sde.prior_sample(sch, (1200, 3), torch.Generator().manual_seed(0), dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     if sampler == "em":
-        x = sde.euler_maruyama(model, x_T, sch, 200, generator=g, progress=False)
+        x = sde.euler_maruyama_sample(model, x_T, sch, tg(200, sch), generator=g, progress=False)
     elif sampler == "pc":
-        x = sde.predictor_corrector(model, x_T, sch, 100, snr=0.16, generator=g, progress=False)
+        x = sde.predictor_corrector_sample(model, x_T, sch, tg(100, sch), snr=0.16, generator=g, progress=False)
     else:
-        x = sde.ode_sample(model, x_T, sch, 40, method="heun", progress=False)
+        x = sde.ode_sample(model, x_T, sch, tg(40, sch), method="heun", progress=False)
     assert x.shape == x_T.shape and x.dtype == torch.float64
     assert torch.allclose(x.mean(0), gm.mean(), atol=0.12)
     assert torch.allclose(torch.cov(x.T), gm.covariance(), atol=0.25)
@@ -161,7 +167,8 @@ def test_a_wrong_score_is_detected(mixture_reference):
     half = lambda x, t, cond=None: 0.5 * model(x, t, cond)  # noqa: E731
     half.prediction = "score"
     x_T = sde.prior_sample(sch, (1200, 3), torch.Generator().manual_seed(0), dtype=torch.float64)
-    x = sde.euler_maruyama(half, x_T, sch, 200, generator=torch.Generator().manual_seed(1), progress=False)
+    x = sde.euler_maruyama_sample(half, x_T, sch, tg(200, sch), generator=torch.Generator().manual_seed(1),
+                                  progress=False)
     assert energy_distance(x, ref) > 5 * floor
 
 
@@ -169,13 +176,15 @@ def test_samplers_are_reproducible_and_return_trajectories():
     gm, sch = eight_gaussians(), VPLinear()
     model = ExactModel(gm, sch)
     x_T = sde.prior_sample(sch, (50, 2), torch.Generator().manual_seed(0))
-    a, traj = sde.predictor_corrector(model, x_T, sch, 20, generator=torch.Generator().manual_seed(2),
-                                      progress=False, return_trajectory=True)
-    b = sde.predictor_corrector(model, x_T, sch, 20, generator=torch.Generator().manual_seed(2), progress=False)
+    a, traj, x0s = sde.predictor_corrector_sample(model, x_T, sch, tg(20, sch),
+                                                  generator=torch.Generator().manual_seed(2), progress=False,
+                                                  return_trajectory=True)
+    b = sde.predictor_corrector_sample(model, x_T, sch, tg(20, sch), generator=torch.Generator().manual_seed(2),
+                                       progress=False)
     assert torch.equal(a, b) and a.dtype == torch.float32
-    assert len(traj) == 20 + 2 and torch.equal(traj[0], x_T) and torch.equal(traj[-1], a)  # + the denoised x0
-    c, traj = sde.ode_sample(model, x_T, sch, 10, method="rk4", denoise=False, progress=False,
-                             return_trajectory=True)
+    assert len(traj) == 20 + 1 and len(x0s) == 20 and torch.equal(traj[0], x_T)  # a: the denoised last state
+    c, traj, _ = sde.ode_sample(model, x_T, sch, tg(10, sch), method="rk4", denoise=False, progress=False,
+                                return_trajectory=True)
     assert len(traj) == 11 and torch.equal(traj[-1], c)
     assert sde.model_calls("ode", 10, method="rk4", denoise=False) == 40
     assert sde.model_calls("predictor_corrector", 20, corrector_steps=2) == 61
@@ -188,7 +197,7 @@ def test_predictor_alone_and_reverse_diffusion_on_ve_is_ncsn_step():
     x = torch.randn(8, 2, dtype=torch.float64) * 3
     t, s = torch.tensor(0.6, dtype=torch.float64), torch.tensor(0.55, dtype=torch.float64)
     z = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    out = sde.reverse_diffusion_step(model, x, t, s, sch, generator=torch.Generator().manual_seed(0))
+    out, _ = sde.reverse_diffusion_step(model, x, t, s, sch, generator=torch.Generator().manual_seed(0))
     d = float(sch.sigma(t) ** 2 - sch.sigma(s) ** 2)
     score = gm.score(x, 1.0, sch.sigma(t))
     assert torch.allclose(out, x + d * score + math.sqrt(d) * z, atol=1e-10)
@@ -213,7 +222,7 @@ def test_ode_converges_at_the_solvers_order(name, method, order, steps):
     x1 = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None] * sde.prior_std(sch)
     t_min = sde.default_t_min(sch)
     exact = gaussian_flow(sch, x1, mu, s, t_min)
-    errors = [(sde.ode_sample(model, x1, sch, n, method=method, denoise=False, progress=False) - exact).abs().max()
+    errors = [(sde.ode_sample(model, x1, sch, tg(n, sch), method=method, denoise=False, progress=False) - exact).abs().max()
               for n in steps]
     observed = [math.log2(errors[k] / errors[k + 1]) for k in range(len(errors) - 1)]
     assert all(order - 0.35 < p < order + 0.7 for p in observed), observed
@@ -233,7 +242,7 @@ def test_ode_likelihood_of_a_gaussian_and_a_mixture(name):
     a1, s1 = float(sch.alpha(1.0)), float(sch.sigma(1.0))
     for dist in (gaussian(torch.tensor([0.7, -0.3]), 0.5), eight_gaussians()):
         x = dist.sample(40, torch.Generator().manual_seed(0))[0]
-        result = sde.log_likelihood(ExactModel(dist, sch), x, sch)
+        result = likelihood.log_likelihood(ExactModel(dist, sch), x, sch)
         exact = dist.marginal(a, s).log_prob(x)
         ode = result.delta_log_prob + dist.marginal(a1, s1).log_prob(result.latent)
         assert (ode - exact).mean().abs() < 1e-2
@@ -247,10 +256,10 @@ def test_ode_likelihood_of_a_3d_mixture_and_a_wrong_model_differs():
     gm, sch = small_mixture(), VPLinear()
     x = gm.sample(30, torch.Generator().manual_seed(0))[0]
     exact = gm.marginal(float(sch.alpha(1e-3)), float(sch.sigma(1e-3))).log_prob(x)
-    good = sde.log_likelihood(ExactModel(gm, sch), x, sch).log_prob
+    good = likelihood.log_likelihood(ExactModel(gm, sch), x, sch).log_prob
     assert (good - exact).mean().abs() < 1e-2
     other = GaussianMixture(gm.means + 0.3, gm.covs, gm.weights)  # a slightly wrong model
-    bad = sde.log_likelihood(ExactModel(other, sch), x, sch).log_prob
+    bad = likelihood.log_likelihood(ExactModel(other, sch), x, sch).log_prob
     assert (bad - exact).mean() < -0.1
 
 
@@ -258,9 +267,9 @@ def test_hutchinson_agrees_within_its_standard_error():
     gm, sch = eight_gaussians(), VPLinear()
     model = ExactModel(gm, sch)
     x = gm.sample(48, torch.Generator().manual_seed(0))[0]
-    exact = sde.log_likelihood(model, x, sch).log_prob
+    exact = likelihood.log_likelihood(model, x, sch).log_prob
     for probe in ("rademacher", "gaussian"):
-        est = sde.log_likelihood(model, x, sch, trace="hutchinson", probe=probe,
+        est = likelihood.log_likelihood(model, x, sch, trace="hutchinson", probe=probe,
                                  generator=torch.Generator().manual_seed(1)).log_prob
         diff = est - exact
         se = diff.std() / math.sqrt(len(diff))
@@ -277,7 +286,7 @@ def test_bits_per_dim_of_a_known_discrete_density():
     sch = VPLinear()
     model = ExactModel(GaussianMixture(grid, 0.02), sch)
     x = grid[torch.randint(0, len(grid), (30,), generator=torch.Generator().manual_seed(0))]
-    bpd = sde.bits_per_dim(model, x, sch, levels=K, t_min=0.05, trace="exact",
+    bpd = likelihood.bits_per_dim(model, x, sch, levels=K, t_min=0.05, trace="exact",
                            generator=torch.Generator().manual_seed(1))  # sigma(t_min) = 0.17, bins 0.5 wide
     assert bpd.shape == (30,)
     assert math.log2(K) - 0.02 < bpd.mean().item() < math.log2(K) + 0.2
@@ -292,44 +301,48 @@ def test_bad_input():
     with pytest.raises(ValueError, match="t must lie"):
         sde.sde_coefficients(sch, 1.5)
     with pytest.raises(ValueError, match="t_min must be smaller than t_max"):
-        sde.euler_maruyama(model, x, sch, 10, t_min=0.5, t_max=0.5, progress=False)
+        sde.euler_maruyama_sample(model, x, sch, time_grid(10, 0.5, 0.5), progress=False)
     with pytest.raises(ValueError, match="t_min must lie"):
-        sde.ode_sample(model, x, sch, 10, t_min=-0.1, progress=False)
+        sde.ode_sample(model, x, sch, time_grid(10, -0.1), progress=False)
     with pytest.raises(ValueError, match="t_min must be > 0"):
-        sde.ode_sample(model, x, sch, 10, t_min=0.0, progress=False)
+        sde.ode_sample(model, x, sch, time_grid(10, 0.0), progress=False)
     with pytest.raises(ValueError, match="t_max must lie"):
-        sde.euler_maruyama(model, x, sch, 10, t_max=2.0, progress=False)
+        sde.euler_maruyama_sample(model, x, sch, time_grid(10, 1e-3, 2.0), progress=False)
+    with pytest.raises(ValueError, match="times must be strictly decreasing"):
+        sde.euler_maruyama_sample(model, x, sch, torch.tensor([0.5, 0.7, 0.1], dtype=torch.float64), progress=False)
     with pytest.raises(ValueError, match="steps must be an integer"):
-        sde.euler_maruyama(model, x, sch, 0, progress=False)
+        sde.euler_maruyama_sample(model, x, sch, tg(0), progress=False)
     with pytest.raises(ValueError, match="steps must be an integer"):
-        sde.ode_sample(model, x, sch, 2.5, progress=False)
+        sde.ode_sample(model, x, sch, tg(2.5), progress=False)
     with pytest.raises(ValueError, match="snr must lie"):
-        sde.predictor_corrector(model, x, sch, 10, snr=0.0, progress=False)
+        sde.predictor_corrector_sample(model, x, sch, tg(10), snr=0.0, progress=False)
     with pytest.raises(ValueError, match="corrector_steps"):
-        sde.predictor_corrector(model, x, sch, 10, corrector_steps=-1, progress=False)
+        sde.predictor_corrector_sample(model, x, sch, tg(10), corrector_steps=-1, progress=False)
     with pytest.raises(ValueError, match="predictor must be one of"):
-        sde.predictor_corrector(model, x, sch, 10, predictor="ancestral", progress=False)
+        sde.predictor_corrector_sample(model, x, sch, tg(10), predictor="ancestral", progress=False)
     with pytest.raises(ValueError, match="method must be one of"):
-        sde.ode_sample(model, x, sch, 10, method="rk45", progress=False)
+        sde.ode_sample(model, x, sch, tg(10), method="rk45", progress=False)
     with pytest.raises(ValueError, match="x_T contains NaN"):
-        sde.euler_maruyama(model, torch.full((4, 2), float("nan")), sch, 10, progress=False)
+        sde.euler_maruyama_sample(model, torch.full((4, 2), float("nan")), sch, tg(10), progress=False)
     with pytest.raises(ValueError, match="x_T must have shape"):
-        sde.euler_maruyama(model, torch.zeros(2), sch, 10, progress=False)
+        sde.euler_maruyama_sample(model, torch.zeros(2), sch, tg(10), progress=False)
+    with pytest.raises(ValueError, match="x_T must be a floating-point"):
+        sde.euler_maruyama_sample(model, torch.zeros(4, 2, dtype=torch.long), sch, tg(10), progress=False)
     with pytest.raises(ValueError, match="cond must have one entry"):
-        sde.euler_maruyama(model, x, sch, 10, cond=torch.zeros(3, dtype=torch.long), progress=False)
+        sde.euler_maruyama_sample(model, x, sch, tg(10), cond=torch.zeros(3, dtype=torch.long), progress=False)
     with pytest.raises(ValueError, match="model output must have the shape"):
         bad = lambda y, t, cond=None: y[:, :1]  # noqa: E731
-        sde.ode_sample(bad, x, sch, 10, progress=False)
+        sde.ode_sample(bad, x, sch, tg(10), progress=False)
     with pytest.raises(ValueError, match="trace must be one of"):
-        sde.log_likelihood(model, x, sch, trace="skilling")
+        likelihood.log_likelihood(model, x, sch, trace="skilling")
     with pytest.raises(ValueError, match="probe must be one of"):
-        sde.log_likelihood(model, x, sch, trace="hutchinson", probe="uniform")
+        likelihood.log_likelihood(model, x, sch, trace="hutchinson", probe="uniform")
     with pytest.raises(ValueError, match="x contains NaN"):
-        sde.log_likelihood(model, torch.full((4, 2), float("nan")), sch)
+        likelihood.log_likelihood(model, torch.full((4, 2), float("nan")), sch)
     with pytest.raises(ValueError, match="x must lie in"):
-        sde.bits_per_dim(model, 3 * torch.ones(4, 2), sch, levels=17)
+        likelihood.bits_per_dim(model, 3 * torch.ones(4, 2), sch, levels=17)
     with pytest.raises(ValueError, match="levels must be an integer"):
-        sde.bits_per_dim(model, torch.zeros(4, 2), sch, levels=1)
+        likelihood.bits_per_dim(model, torch.zeros(4, 2), sch, levels=1)
     with pytest.raises(ValueError, match="t_start must be smaller"):
         sde.simulate_forward_sde(x, sch, 10, t_start=0.5, t_end=0.2)
     with pytest.raises(ValueError, match="sampler must be one of"):
@@ -340,13 +353,13 @@ def test_bad_input():
 
 def test_exact_model_is_differentiable_in_x():
     """The exact divergence of the exact score is the Laplacian of log p_t, computed here from log_prob's Hessian."""
-    from diffedu.ncsn import model_score
+    from diffedu.ncsn import score_fn
 
     gm, sch = small_mixture(), VPLinear()
     model = ExactModel(gm, sch, "eps")
     x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     t = 0.3
-    _, div = sde.divergence_exact(lambda y: model_score(model, y, t, sch), x)
+    _, div = likelihood.divergence_exact(score_fn(model, t, sch), x)
     a, s = sch.alpha(t), sch.sigma(t)
     laplacian = torch.stack([torch.trace(torch.autograd.functional.hessian(
         lambda y: gm.log_prob(y[None], a, s)[0], row)) for row in x])
