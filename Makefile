@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install book test student benchmark clean
+.PHONY: install book test chapter student benchmark clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,11 @@ book: install
 test: install
 	OMP_NUM_THREADS=1 DIFFEDU_STATIC=1 $(PY) -m pytest -n 2 --dist loadfile --nbval --nbval-sanitize-with tests/sanitize.cfg \
 		tests chapters $(PYTEST_ARGS)
+
+# Re-make one chapter from its MyST source chapters/md/NN_*.md: sync, execute, tag (e.g. make chapter N=05).
+chapter: install
+	@test -n "$(N)" || (echo "usage: make chapter N=05" && exit 2)
+	$(PY) scripts/make_chapter.py $(N)
 
 student: install
 	$(PY) -m diffedu.exercises chapters student

@@ -28,20 +28,26 @@ Tensor = torch.Tensor
 VARIANCES = ("beta", "beta_tilde")
 
 
+def _check_q_sample(schedule: DiscreteSchedule, x0: Tensor, i: Tensor, noise: Tensor | None) -> Tensor:
+    schedule = check_discrete(schedule)
+    check_finite("x0", x0)
+    i = schedule.check_index(i, low=0)
+    if i.shape != (x0.shape[0],):
+        raise ValueError(f"i must have shape ({x0.shape[0]},) to match x0, got {tuple(i.shape)}")
+    if noise is not None:
+        check_same_shape("noise", noise, "x0", x0)
+    return i
+
+
 def q_sample(schedule: DiscreteSchedule, x0: Tensor, i: Tensor, noise: Tensor | None = None,
              generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Draw x_i ~ q(x_i | x_0) = N(sqrt(alpha_bar_i) x_0, (1 - alpha_bar_i) I) in one shot (eq. 4).
 
     x0: (B, ...), i: (B,) integer steps in [0, N]. Returns (x_i, eps), both (B, ...).
     """
-    schedule = check_discrete(schedule)
-    check_finite("x0", x0)
-    i = schedule.check_index(i, low=0)
-    if i.shape != (x0.shape[0],):
-        raise ValueError(f"i must have shape ({x0.shape[0]},) to match x0, got {tuple(i.shape)}")
+    i = _check_q_sample(schedule, x0, i, noise)  # (B,) steps in [0, N]
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    check_same_shape("noise", noise, "x0", x0)
     ab = broadcast_to(schedule.alpha_bars[i.cpu()], x0)  # (B, 1, ...)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise, noise
 

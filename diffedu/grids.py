@@ -47,21 +47,26 @@ def spaced_indices(N: int, steps: int, spacing: str = "trailing", steps_offset: 
     ``steps_offset`` shifts 'leading' indices up (diffusers' ``steps_offset``; Stable Diffusion uses 1); the other
     two rules ignore it, as diffusers' DDIMScheduler does. Returns a LongTensor (K,).
     """
-    N = check_int("N", N, 1)
-    steps = check_int("steps", steps, 1, N)
-    check_choice("spacing", spacing, SPACINGS)
-    steps_offset = check_int("steps_offset", steps_offset, 0, N - 1)
+    N, steps, steps_offset = _check_spacing(N, steps, spacing, steps_offset)
     k = torch.arange(steps, dtype=torch.float64)  # 0 .. K-1
     if spacing == "leading":
         i = k * (N // steps) + steps_offset + 1
-        if int(i[-1]) > N:
-            raise ValueError(f"steps_offset must keep the 'leading' indices within [1, {N}], got steps_offset="
-                             f"{steps_offset} with steps={steps} (largest index {int(i[-1])})")
     elif spacing == "trailing":
         i = torch.round((k + 1) * N / steps)  # round half to even, as numpy
     else:
         i = torch.round(torch.linspace(0, N - 1, steps, dtype=torch.float64)) + 1
     return i.long().flip(0)
+
+
+def _check_spacing(N: int, steps: int, spacing: str, steps_offset: int) -> tuple[int, int, int]:
+    N = check_int("N", N, 1)
+    steps = check_int("steps", steps, 1, N)
+    check_choice("spacing", spacing, SPACINGS)
+    steps_offset = check_int("steps_offset", steps_offset, 0, N - 1)
+    if spacing == "leading" and (steps - 1) * (N // steps) + steps_offset + 1 > N:
+        raise ValueError(f"steps_offset must keep the 'leading' indices within [1, {N}], got steps_offset="
+                         f"{steps_offset} with steps={steps}")
+    return N, steps, steps_offset
 
 
 def index_grid(schedule: DiscreteSchedule, steps: int, spacing: str = "trailing", steps_offset: int = 0,
@@ -108,6 +113,14 @@ def index_coefficients(schedule: DiscreteSchedule, seq: list[int]) -> tuple[list
 
 # --- noise levels sigma~ = sigma / alpha ----------------------------------------------------------------------
 
+def _check_range(steps: int, sigma_min: float, sigma_max: float) -> tuple[int, float, float]:
+    """steps >= 1 and 0 < sigma_min <= sigma_max, all finite."""
+    steps = check_int("steps", steps, 1)
+    sigma_min = check_scalar("sigma_min", sigma_min, 0.0, math.inf, low_inclusive=False)
+    sigma_max = check_scalar("sigma_max", sigma_max, sigma_min, math.inf, high_inclusive=False)
+    return steps, sigma_min, sigma_max
+
+
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
                   append_zero: bool = True) -> Tensor:
     """Karras et al. (2022, eq. 5): sigma_k = (sigma_max^(1/rho) + k/(K-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
@@ -115,9 +128,7 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     K = steps values from sigma_max down to sigma_min, then 0 (``append_zero``): (K + 1,) float64. rho = 1 is
     uniform in sigma, rho -> inf uniform in log sigma; Karras et al. found rho = 7 best.
     """
-    steps = check_int("steps", steps, 1)
-    sigma_min = check_scalar("sigma_min", sigma_min, 0.0, math.inf, low_inclusive=False)
-    sigma_max = check_scalar("sigma_max", sigma_max, sigma_min, math.inf)
+    steps, sigma_min, sigma_max = _check_range(steps, sigma_min, sigma_max)
     rho = check_scalar("rho", rho, 0.0, math.inf, low_inclusive=False)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
@@ -127,9 +138,7 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
 
 def geometric_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
     """NCSN's noise ladder sigma_1 > ... > sigma_L, geometric from sigma_max to sigma_min: (L,) float64, L = steps."""
-    L = check_int("steps", steps, 1)
-    sigma_min = check_scalar("sigma_min", sigma_min, 0.0, math.inf, low_inclusive=False)
-    sigma_max = check_scalar("sigma_max", sigma_max, sigma_min, math.inf, low_inclusive=False)
+    L, sigma_min, sigma_max = _check_range(steps, sigma_min, sigma_max)
     return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), L, dtype=torch.float64))
 
 

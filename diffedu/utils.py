@@ -57,13 +57,31 @@ def setup(seed: int = 0, device: str | None = None) -> Setup:
     return Setup(device=pick_device(device), full=full_mode(), seed=seed)
 
 
-def show_source(obj) -> "IPython.display.Markdown":
+def strip_docstrings(source: str) -> str:
+    """``source`` without the docstrings of the functions and classes it defines (and of their methods)."""
+    import ast
+    import textwrap
+
+    lines = source.splitlines()
+    drop: set[int] = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str) and len(node.body) > 1:
+                drop.update(range(first.lineno - 1, first.end_lineno))
+    return "\n".join(line for k, line in enumerate(lines) if k not in drop)
+
+
+def show_source(obj, docstring: bool = False) -> "IPython.display.Markdown":
     """Display the library's real source of ``obj`` (a function or class) as a highlighted code block.
 
-    The book prints the code that runs, never a second copy of it.
+    The book prints the code that runs, never a second copy of it. Docstrings are left out unless ``docstring``
+    is set: the chapter's prose carries the maths, and the printed code reads like the paper's algorithm box.
     """
     import inspect
 
     from IPython.display import Markdown
 
-    return Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```")
+    source = inspect.getsource(obj).rstrip()
+    return Markdown(f"```python\n{source if docstring else strip_docstrings(source)}\n```")
