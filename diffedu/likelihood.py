@@ -27,8 +27,10 @@ from .sde import default_t_min, prior_log_prob, probability_flow_drift
 Tensor = torch.Tensor
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
-DISCRETE_MIN_TOL = 1e-7
-"""The tightest rtol / atol ``log_likelihood`` accepts on a DiscreteSchedule (see there)."""
+DISCRETE_MIN_TOL = 1e-6
+"""The tightest rtol / atol ``log_likelihood`` accepts on a DiscreteSchedule: on the 1000-step linear chain the
+exact 8-Gaussian model takes about 2 s at 1e-5, 10 s at 1e-6 and minutes at 1e-9 (every kink of the chain is
+resolved to the tolerance)."""
 
 
 def _check_interval(schedule: NoiseSchedule, t_min: float | None, t_max: float) -> tuple[float, float]:
