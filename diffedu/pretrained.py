@@ -225,8 +225,21 @@ def load_pretrained(name: str, device: torch.device | str | None = None, verify:
     return model.to(pick_device(device)).eval()
 
 
-def machine_description(model: nn.Module) -> dict:
-    """Where a model was trained: OS, Python and torch versions, device type (and GPU name), CPU count."""
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(model: nn.Module, threads: int | None = None) -> dict:
+    """Where a model was trained, and what its bytes depend on: OS, Python and torch versions, device type (and
+    GPU name), CPU count, CPU model and the vector instructions torch used, the thread count, deterministic
+    algorithms."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     description = {
@@ -235,6 +248,10 @@ def machine_description(model: nn.Module) -> dict:
         "torch": torch.__version__,
         "device": device.type,
         "cpu_count": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
     if device.type == "cuda":
         description["gpu"] = torch.cuda.get_device_name(device)
@@ -291,8 +308,12 @@ def _manifest_with_entry(text: str, manifest: dict[str, dict], name: str, entry:
 
 def register_checkpoint(name: str, model: nn.Module, *, recipe: str, command: str, train_config: dict,
                         seed: int, steps: int, wall_time_s: float, metric: tuple[str, float] | dict,
-                        config: dict | None = None, directory: str | Path | None = None) -> dict:
+                        config: dict | None = None, directory: str | Path | None = None,
+                        threads: int | None = None) -> dict:
     """Save ``model`` as ``<name>.safetensors`` and record it in the manifest; returns the new manifest entry.
+
+    ``threads``: the torch thread count the model was trained with (default: the current one), recorded in
+    ``machine`` with what else its bytes depend on.
 
     ``config`` is the network config that ``diffedu.nets.build_net`` turns back into the architecture (it needs
     a ``"name"`` key); by default it is ``model.config``. Raises ``ValueError`` if the file exceeds
@@ -347,7 +368,7 @@ def register_checkpoint(name: str, model: nn.Module, *, recipe: str, command: st
         "seed": int(seed),
         "steps": int(steps),
         "wall_time_s": round(float(wall_time_s), 1),
-        "machine": machine_description(model),
+        "machine": machine_description(model, threads),
         "metric": metric_entry,
         "sha256": sha256_file(folder / file_name),
         "size_bytes": size_bytes,

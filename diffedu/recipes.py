@@ -1,39 +1,52 @@
-"""Recipes: the commands that make every shipped checkpoint.
+"""Recipes: the commands that make every shipped checkpoint, one table over one runner.
 
-Each recipe trains a model from a fixed seed, measures it, and registers it in data/checkpoints/ with its
-manifest entry (config, seed, steps, wall time, machine, metric, sha256). Run one with
+A ``Recipe`` says what is special about one checkpoint: its configuration (defaults in a dataclass), network,
+training data, loss and evaluation. ``run_recipe`` does the rest the same way for all of them: pin the threads and
+deterministic algorithms, seed, train (``diffedu.train``), evaluate, and register the EMA weights in
+data/checkpoints/ with their manifest entry (config, seed, steps, wall time, machine, metric, sha256). Run one with
 
-    python -m diffedu.recipes ddpm_digits            # the shipped configuration
+    python -m diffedu.recipes ddpm_digits            # the shipped configuration (one CPU thread)
     python -m diffedu.recipes ddpm_digits --steps 200 --out /tmp/ckpt   # a quick smoke run elsewhere
 
-Chapters load the result with ``diffedu.pretrained.load_pretrained(name)``; the cell that would retrain it is
-one flag away (``DIFFEDU_FULL=1`` or ``retrain = True``).
+**Reproducible bytes.** The same recipe, run again on the same kind of machine (CPU capability, torch version)
+with the same number of threads, writes the same file, byte for byte: seeds fix the data order, the noise and the
+initialisation; one thread (the default) fixes the order of every floating-point reduction; the safetensors file
+holds nothing time-dependent. The manifest records all of it (``machine``: threads, CPU capability, torch).
+Chapters load the result with ``diffedu.pretrained.load_pretrained(name)``; the cell that would retrain it is one
+flag away (``DIFFEDU_FULL=1`` or ``retrain = True``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from .data import DIGITS_LEVELS, load_digits
-from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
-from .metrics import digits_classifier, frechet_distance
-from .guidance import ClassifierFreeGuidance, drop_labels
 from .classifier_training import noisy_accuracy, noisy_classifier_loss
-from .ncsn import annealed_langevin_sample, dsm_loss
+from .data import DIGITS_LEVELS, load_digits
 from .ddim import ddim_sample
+from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
 from .grids import geometric_sigmas, index_grid
+from .guidance import ClassifierFreeGuidance, drop_labels
+from .metrics import digits_classifier, frechet_distance
+from .ncsn import annealed_langevin_sample, dsm_loss
 from .nets import InputScaled, NoisyClassifier, TextToImageUNet, UNet
+from .nets.text import Tokenizer
 from .pretrained import register_checkpoint
 from .schedules import VE, linear_schedule
 from .shapes import HELD_OUT, SIZES, VOCABULARY, ShapeSpec, make_shapes, shapes_probe
-from .train import TrainResult, train
+from .train import train
 from .utils import pick_device, seed_everything
 
+LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+
+
+# --- the recipes' parts: configuration, network, data, loss, evaluation ----------------------------------------
 
 @dataclass
 class DigitsTrainConfig:
@@ -59,20 +72,37 @@ class DigitsDDPMConfig(DigitsTrainConfig):
     N: int = 1000
 
 
+def digits_data(cfg: DigitsTrainConfig) -> torch.Tensor:
+    """sklearn's 8x8 digits, train split, in [-1, 1] (1,797 images ship with scikit-learn: no download)."""
+    return load_digits(size=8, split="train").x
+
+
+def labelled_digits(cfg: DigitsTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits and their labels 0-9."""
+    data = load_digits(size=8, split="train")
+    return data.x, data.y
+
+
 def digits_unet(cfg: DigitsTrainConfig) -> UNet:
     """The network of the digits recipes: a two-level UNet with attention at 4x4."""
     return UNet(in_channels=1, base_channels=cfg.base_channels, channel_mults=cfg.channel_mults,
                 dropout=cfg.dropout, prediction="eps")
 
 
+def ddpm_digits_loss(cfg: DigitsDDPMConfig) -> LossFn:
+    """Ho et al.'s simple loss on the linear N-step chain."""
+    schedule = linear_schedule(N=cfg.N)
+    return lambda m, x, g: ddpm_loss(m, x, schedule, generator=g)
+
+
 @torch.no_grad()
-def evaluate_digits_model(model: torch.nn.Module, num_samples: int, seed: int = 0,
+def evaluate_digits_model(model: torch.nn.Module, cfg: DigitsDDPMConfig,
                           device: torch.device | str | None = None) -> dict[str, float]:
     """Pixel FD of DDPM samples against the held-out digits, the classifier's view of them, and test bits/dim."""
     device = pick_device(device)
     schedule = linear_schedule()
-    g = torch.Generator(device=device).manual_seed(seed)
-    x_T = torch.randn(num_samples, 1, 8, 8, generator=g, device=device)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    x_T = torch.randn(cfg.eval_samples, 1, 8, 8, generator=g, device=device)
     samples = ddpm_sample(model, x_T, schedule, index_grid(schedule, schedule.N), clip_x0=True, generator=g,
                           progress=False).cpu()
     test, train_split = load_digits(split="test"), load_digits(split="train")
@@ -82,49 +112,6 @@ def evaluate_digits_model(model: torch.nn.Module, num_samples: int, seed: int = 
     return {"pixel_fd": frechet_distance(flat(samples), flat(test.x)),
             "pixel_fd_train_vs_test": frechet_distance(flat(train_split.x), flat(test.x)),
             "test_bpd": float(bpd.mean()), **reader}
-
-
-def train_digits(model: torch.nn.Module, loss_fn, data, cfg: DigitsTrainConfig, device) -> TrainResult:
-    """``train`` with a digits recipe's optimiser, EMA and seed settings (logging every 1000 steps)."""
-    return train(model, loss_fn, data, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                 warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, device=device,
-                 seed=cfg.seed, progress=True, log_every=1000)
-
-
-def register_digits(name: str, recipe: Callable, cfg: DigitsTrainConfig, result: TrainResult,
-                    metrics: dict[str, float], metric: str, out: str | None, *, schedule: str, loss: str,
-                    data: str) -> dict:
-    """Register the EMA model of digits ``recipe`` with its command, config, training data and metrics.
-
-    The command names ``--steps`` only when it differs from the recipe's default; ``metric`` is the key of
-    ``metrics`` the manifest shows.
-    """
-    command = f"python -m diffedu.recipes {name}" + ("" if cfg.steps == type(cfg)().steps
-                                                     else f" --steps {cfg.steps}")
-    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), "schedule": schedule, "loss": loss,
-                    "data": data,
-                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
-                    "eval": metrics}
-    return register_checkpoint(name, result.ema_model, recipe=f"diffedu.recipes.{recipe.__name__}", command=command,
-                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
-                               wall_time_s=result.wall_time_s, metric=(metric, round(metrics[metric], 3)),
-                               directory=out)
-
-
-def ddpm_digits(cfg: DigitsDDPMConfig, out: str | None = None, device: str | None = None,
-                name: str = "ddpm_digits") -> dict:
-    """Train, measure and register the chapter 1 digits DDPM."""
-    seed_everything(cfg.seed)
-    device = pick_device(device)
-    data = load_digits(size=8, split="train")
-    schedule = linear_schedule(N=cfg.N)
-    model = digits_unet(cfg)
-    result = train_digits(model, lambda m, x, g: ddpm_loss(m, x, schedule, generator=g), data.x, cfg, device)
-    start = time.perf_counter()
-    metrics = evaluate_digits_model(result.ema_model, cfg.eval_samples, seed=cfg.seed, device=device)
-    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    return register_digits(name, ddpm_digits, cfg, result, metrics, "pixel_fd", out, schedule="linear(N=1000)",
-                           loss="ddpm_loss eps (Ho et al. eq. 14)", data="sklearn digits 8x8, train split")
 
 
 @dataclass
@@ -166,22 +153,10 @@ def evaluate_ncsn_digits(model: torch.nn.Module, cfg: DigitsNCSNConfig,
     return {"pixel_fd": frechet_distance(flat(samples), flat(test.x)), **digits_classifier().summary(samples)}
 
 
-def ncsn_digits(cfg: DigitsNCSNConfig, out: str | None = None, device: str | None = None,
-                name: str = "ncsn_digits") -> dict:
-    """Train, measure and register the chapter 2 digits NCSN."""
-    seed_everything(cfg.seed)
-    device = pick_device(device)
-    data = load_digits(size=8, split="train")
+def ncsn_digits_loss(cfg: DigitsNCSNConfig) -> LossFn:
+    """Denoising score matching over all noise levels of VE(sigma_min, sigma_max), lambda = sigma^2."""
     schedule = VE(cfg.sigma_min, cfg.sigma_max)
-    model = digits_ncsn(cfg)
-    result = train_digits(model, lambda m, x, g: dsm_loss(m, x, schedule, generator=g), data.x, cfg, device)
-    start = time.perf_counter()
-    metrics = evaluate_ncsn_digits(result.ema_model, cfg, device=device)
-    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    return register_digits(name, ncsn_digits, cfg, result, metrics, "pixel_fd", out,
-                           schedule=f"VE(sigma_min={cfg.sigma_min}, sigma_max={cfg.sigma_max})",
-                           loss="dsm_loss, lambda = sigma^2 (Song & Ermon 2019, eq. 6)",
-                           data="sklearn digits 8x8, train split")
+    return lambda m, x, g: dsm_loss(m, x, schedule, generator=g)
 
 
 @dataclass
@@ -228,26 +203,16 @@ def evaluate_cfg_digits(model: torch.nn.Module, cfg: DigitsCFGConfig,
     return out
 
 
-def cfg_digits(cfg: DigitsCFGConfig, out: str | None = None, device: str | None = None,
-               name: str = "cfg_digits") -> dict:
-    """Train, measure and register the class-conditional digits DDPM of the guidance chapters."""
-    seed_everything(cfg.seed)
-    device = pick_device(device)
-    data = load_digits(size=8, split="train")
+def cfg_digits_loss(cfg: DigitsCFGConfig) -> LossFn:
+    """DDPM's loss with condition dropout: a fraction p_uncond of the labels becomes the null label 10, so one
+    network learns p(x | y) and p(x) at once (Ho & Salimans 2022)."""
     schedule = linear_schedule(N=cfg.N)
-    model = digits_cfg_unet(cfg)
 
-    def loss_fn(m, batch, g):
-        x, y = batch
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+        x, y = batch                                           # (B, 1, 8, 8) images, (B,) labels
         return ddpm_loss(m, x, schedule, cond=drop_labels(y, cfg.p_uncond, 10, generator=g), generator=g)
 
-    result = train_digits(model, loss_fn, (data.x, data.y), cfg, device)
-    start = time.perf_counter()
-    metrics = evaluate_cfg_digits(result.ema_model, cfg, device=device)
-    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    return register_digits(name, cfg_digits, cfg, result, metrics, f"accuracy_s{cfg.eval_scale:g}", out,
-                           schedule="linear(N=1000)", loss="ddpm_loss eps with condition dropout (Ho & Salimans 2022)",
-                           data="sklearn digits 8x8, train split, labels 0-9 (null label 10)")
+    return loss_fn
 
 
 @dataclass
@@ -285,27 +250,10 @@ def evaluate_digits_classifier(model: torch.nn.Module, cfg: DigitsClassifierConf
     return out
 
 
-def classifier_digits(cfg: DigitsClassifierConfig, out: str | None = None, device: str | None = None,
-                      name: str = "classifier_digits") -> dict:
-    """Train, measure and register the noise-aware digits classifier of chapter 10."""
-    seed_everything(cfg.seed)
-    device = pick_device(device)
-    data = load_digits(size=8, split="train")
+def classifier_digits_loss(cfg: DigitsClassifierConfig) -> LossFn:
+    """Cross-entropy of the classifier on x_t at a random step of the linear chain (Dhariwal & Nichol 2021)."""
     schedule = linear_schedule(N=cfg.N)
-    model = digits_noisy_classifier(cfg)
-
-    def loss_fn(m, batch, g):
-        x, y = batch
-        return noisy_classifier_loss(m, x, y, schedule, generator=g)
-
-    result = train_digits(model, loss_fn, (data.x, data.y), cfg, device)
-    start = time.perf_counter()
-    metrics = evaluate_digits_classifier(result.ema_model, cfg, device=device)
-    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    return register_digits(name, classifier_digits, cfg, result, metrics, "test_accuracy_t0", out,
-                           schedule="linear(N=1000)",
-                           loss="noisy_classifier_loss: cross-entropy on x_t, i ~ U{1..N} (Dhariwal & Nichol 2021)",
-                           data="sklearn digits 8x8, train split, labels 0-9")
+    return lambda m, batch, g: noisy_classifier_loss(m, batch[0], batch[1], schedule, generator=g)
 
 
 @dataclass
@@ -378,47 +326,130 @@ def evaluate_text_shapes(model: torch.nn.Module, cfg: TextShapesConfig,
     return out
 
 
-def text_shapes(cfg: TextShapesConfig, out: str | None = None, device: str | None = None,
-                name: str = "text_shapes") -> dict:
-    """Train, measure and register the text-to-image model of chapter 12."""
-    seed_everything(cfg.seed)
-    device = pick_device(device)
+def text_shapes_data(cfg: TextShapesConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """train_images captioned shapes (``make_shapes``, held-out combinations never drawn) and their token ids."""
     data = make_shapes(cfg.train_images, split="train", seed=cfg.seed)
-    schedule = linear_schedule()
-    model = text_shapes_unet(cfg)
-    tokens = model.tokenizer.encode(data.captions)  # (N, max_len)
+    return data.x, Tokenizer(VOCABULARY, max_len=10).encode(data.captions)  # (N, 3, 16, 16), (N, 10)
 
-    def loss_fn(m, batch, g):
-        x, ids = batch
+
+def text_shapes_loss(cfg: TextShapesConfig) -> LossFn:
+    """DDPM's loss with caption dropout: a fraction p_uncond of the captions becomes the empty caption (all
+    ``<pad>``), so one network learns p(x | caption) and p(x) at once."""
+    schedule = linear_schedule()
+
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], g: torch.Generator) -> torch.Tensor:
+        x, ids = batch                                         # (B, 3, 16, 16) images, (B, T) token ids
         return ddpm_loss(m, x, schedule, cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
                          generator=g)
 
-    result = train_digits(model, loss_fn, (data.x, tokens), cfg, device)
-    start = time.perf_counter()
-    metrics = evaluate_text_shapes(result.ema_model, cfg, device=device)
-    print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    return register_digits(name, text_shapes, cfg, result, metrics, "held_out_all", out, schedule="linear(N=1000)",
-                           loss="ddpm_loss eps with caption dropout (Ho & Salimans 2022)",
-                           data=f"diffedu.shapes.make_shapes({cfg.train_images}, split='train', seed={cfg.seed}); "
-                                f"held out: {[' '.join(t) for t in HELD_OUT]}")
+    return loss_fn
 
 
-RECIPES = {"ddpm_digits": (ddpm_digits, DigitsDDPMConfig), "ncsn_digits": (ncsn_digits, DigitsNCSNConfig),
-           "cfg_digits": (cfg_digits, DigitsCFGConfig),
-           "classifier_digits": (classifier_digits, DigitsClassifierConfig),
-           "text_shapes": (text_shapes, TextShapesConfig)}
+# --- the table and its runner ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """What makes one shipped checkpoint: its defaults, network, data, loss, evaluation and manifest texts.
+
+    Calling a recipe runs it: ``RECIPES["ddpm_digits"](DigitsDDPMConfig(steps=200), out="/tmp/ckpt")``.
+    """
+
+    name: str
+    config: type                                                    # the dataclass of its defaults
+    network: Callable[[Any], nn.Module]                             # cfg -> the untrained network
+    data: Callable[[Any], Any]                                      # cfg -> the training set (tensors)
+    loss: Callable[[Any], LossFn]                                   # cfg -> loss_fn(model, batch, generator)
+    evaluate: Callable[[nn.Module, Any, torch.device], dict]       # (EMA model, cfg, device) -> metrics
+    metric: Callable[[Any], str]                                    # cfg -> the headline metric's key
+    texts: dict[str, str]                                           # schedule, loss, data: for the manifest
+
+    def __call__(self, cfg: Any = None, out: str | None = None, device: str | None = None,
+                 threads: int = 1) -> dict:
+        return run_recipe(self, cfg, out=out, device=device, threads=threads)
+
+
+DIGITS = "sklearn digits 8x8, train split"
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("ddpm_digits", DigitsDDPMConfig, digits_unet, digits_data, ddpm_digits_loss, evaluate_digits_model,
+           lambda cfg: "pixel_fd", dict(schedule="linear(N=1000)", loss="ddpm_loss eps (Ho et al. eq. 14)",
+                                        data=DIGITS)),
+    Recipe("ncsn_digits", DigitsNCSNConfig, digits_ncsn, digits_data, ncsn_digits_loss, evaluate_ncsn_digits,
+           lambda cfg: "pixel_fd", dict(schedule="VE(sigma_min={sigma_min}, sigma_max={sigma_max})",
+                                        loss="dsm_loss, lambda = sigma^2 (Song & Ermon 2019, eq. 6)", data=DIGITS)),
+    Recipe("cfg_digits", DigitsCFGConfig, digits_cfg_unet, labelled_digits, cfg_digits_loss, evaluate_cfg_digits,
+           lambda cfg: f"accuracy_s{cfg.eval_scale:g}",
+           dict(schedule="linear(N=1000)", loss="ddpm_loss eps with condition dropout (Ho & Salimans 2022)",
+                data=DIGITS + ", labels 0-9 (null label 10)")),
+    Recipe("classifier_digits", DigitsClassifierConfig, digits_noisy_classifier, labelled_digits,
+           classifier_digits_loss, evaluate_digits_classifier, lambda cfg: "test_accuracy_t0",
+           dict(schedule="linear(N=1000)",
+                loss="noisy_classifier_loss: cross-entropy on x_t, i ~ U{1..N} (Dhariwal & Nichol 2021)",
+                data=DIGITS + ", labels 0-9")),
+    Recipe("text_shapes", TextShapesConfig, text_shapes_unet, text_shapes_data, text_shapes_loss,
+           evaluate_text_shapes, lambda cfg: "held_out_all",
+           dict(schedule="linear(N=1000)", loss="ddpm_loss eps with caption dropout (Ho & Salimans 2022)",
+                data="diffedu.shapes.make_shapes({train_images}, split='train', seed={seed}); held out: "
+                     + str([" ".join(t) for t in HELD_OUT]))),
+]}
+ddpm_digits, ncsn_digits, cfg_digits = RECIPES["ddpm_digits"], RECIPES["ncsn_digits"], RECIPES["cfg_digits"]
+classifier_digits, text_shapes = RECIPES["classifier_digits"], RECIPES["text_shapes"]
+
+
+@contextlib.contextmanager
+def reproducible(threads: int):
+    """Pin torch to ``threads`` threads and deterministic algorithms for the duration (restored afterwards)."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+
+
+def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, device: str | None = None,
+               threads: int = 1) -> dict:
+    """The one runner: train ``recipe`` from its seed, evaluate it, register it; returns the manifest entry."""
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    cfg = recipe.config() if cfg is None else cfg
+    with reproducible(threads):
+        seed_everything(cfg.seed)
+        device = pick_device(device)
+        data = recipe.data(cfg)
+        model = recipe.network(cfg)
+        result = train(model, recipe.loss(cfg), data, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                       warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
+                       device=device, seed=cfg.seed, progress=True, log_every=1000)
+        start = time.perf_counter()
+        metrics = recipe.evaluate(result.ema_model, cfg, device)
+        print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
+    options = ("" if cfg.steps == recipe.config().steps else f" --steps {cfg.steps}") + \
+        ("" if threads == 1 else f" --threads {threads}")
+    texts = {key: text.format(**asdict(cfg)) for key, text in recipe.texts.items()}
+    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), **texts,
+                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
+                    "eval": metrics}
+    metric = recipe.metric(cfg)
+    return register_checkpoint(recipe.name, result.ema_model, recipe=f"diffedu.recipes.{recipe.name}",
+                               command=f"python -m diffedu.recipes {recipe.name}{options}",
+                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
+                               wall_time_s=result.wall_time_s, metric=(metric, round(metrics[metric], 3)),
+                               directory=out, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train and register a shipped diffedu checkpoint.")
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the shipped files' "
+                                                               "bytes are reproducible at a fixed count)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--out", default=None, help="checkpoint directory (default: data/checkpoints)")
     args = parser.parse_args(argv)
-    fn, config_cls = RECIPES[args.name]
-    cfg = config_cls() if args.steps is None else config_cls(steps=args.steps)
-    entry = fn(cfg, out=args.out, device=args.device, name=args.name)
+    recipe = RECIPES[args.name]
+    cfg = recipe.config() if args.steps is None else recipe.config(steps=args.steps)
+    entry = run_recipe(recipe, cfg, out=args.out, device=args.device, threads=args.threads)
     print(f"registered {args.name}: {entry['file']} ({entry['size_bytes'] / 1e6:.2f} MB), "
           f"{entry['metric']}, sha256 {entry['sha256'][:12]}")
 

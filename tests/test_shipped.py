@@ -88,3 +88,21 @@ def test_recipe_runs_end_to_end_into_a_temporary_folder(tmp_path):
     assert manifest["ddpm_digits"]["sha256"] == entry["sha256"]
     assert entry["command"] == "python -m diffedu.recipes ddpm_digits --steps 3"
     assert set(entry["train_config"]["eval"]) >= {"pixel_fd", "test_bpd", "confident_fraction"}
+
+
+@pytest.mark.slow
+def test_a_recipe_run_twice_writes_the_same_bytes(tmp_path):
+    """Reproducible bytes (one thread, deterministic algorithms, seeded): two runs, one sha256. The manifest
+    records what the bytes depend on."""
+    from diffedu.recipes import DigitsClassifierConfig, run_recipe
+
+    cfg = DigitsClassifierConfig(steps=20, batch_size=32, eval_times=(0.5,))
+    first = run_recipe("classifier_digits", cfg, out=str(tmp_path / "a"), device="cpu")
+    second = run_recipe("classifier_digits", cfg, out=str(tmp_path / "b"), device="cpu")
+    assert first["sha256"] == second["sha256"]
+    assert (tmp_path / "a" / first["file"]).read_bytes() == (tmp_path / "b" / second["file"]).read_bytes()
+    machine = first["machine"]
+    assert machine["threads"] == 1 and machine["deterministic_algorithms"] is True
+    assert machine["torch"] == torch.__version__ and machine["cpu_capability"]
+    assert first["command"] == "python -m diffedu.recipes classifier_digits --steps 20"
+    assert torch.get_num_threads() >= 1 and not torch.are_deterministic_algorithms_enabled()  # restored after
