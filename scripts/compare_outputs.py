@@ -27,7 +27,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.nbval_tolerance import TEXT_KEYS, TextMismatch, cell_units, number_diffs  # noqa: E402
+from tests.nbval_tolerance import TEXT_KEYS, TextMismatch, cell_units, fmt_decimal, number_diffs  # noqa: E402
 
 # nbval 0.11's fields that are never compared (IPyNbFile.skip_compare, without --nbdime)
 SKIP = {"metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
@@ -101,7 +101,7 @@ def compare_cell(old, new, patterns, units_override):
                     ok = False
                     continue
                 for d in diffs:
-                    kind = (f"{_signed(d.delta)} unit{'' if d.units == 1 else 's'} of {_plain(d.unit)}"
+                    kind = (f"{_signed(d.delta)} unit{'' if d.units == 1 else 's'} of {fmt_decimal(d.unit)}"
                             if d.measured else "integer, must be equal")
                     verdict = "ok" if (k is not None and d.allowed(k)) else "FAILS"
                     lines.append(f"  {where} line {d.line}: {d.ref} -> {d.new}  ({kind}) {verdict}")
@@ -112,12 +112,8 @@ def compare_cell(old, new, patterns, units_override):
     return lines, ok
 
 
-def _plain(d):
-    return format(d.normalize(), "f")
-
-
 def _signed(d):
-    return ("+" if d >= 0 else "-") + _plain(abs(d))
+    return ("+" if d >= 0 else "-") + fmt_decimal(abs(d))
 
 
 def main(argv=None) -> int:

@@ -105,8 +105,8 @@ class NumberDiff:
         if not self.measured:
             s = f"{self.ref} -> {self.new} (integers must be equal)"
         else:
-            n = _fmt(self.units)
-            s = f"{self.ref} -> {self.new} ({n} unit{'' if self.units == 1 else 's'} of {_fmt(self.unit)}"
+            n = fmt_decimal(self.units)
+            s = f"{self.ref} -> {self.new} ({n} unit{'' if self.units == 1 else 's'} of {fmt_decimal(self.unit)}"
             s += f", allowed {k})" if k is not None else ")"
         return s
 
@@ -119,11 +119,12 @@ class TextMismatch(AssertionError):
         self.diff = diff
 
 
-def _fmt(d: Decimal) -> str:
-    """A Decimal without exponent noise: 0.01, 1E-4 -> 0.0001, 2."""
+def fmt_decimal(d: Decimal) -> str:
+    """A Decimal for people: 0.01, 1E-4 -> 0.0001, 2, 0.1; below 1e-4 or from 1e6 on as 1e-14, 1e+06."""
     d = d.normalize()
-    s = format(d, "f")
-    return s
+    if d and not -5 < d.adjusted() < 6:
+        return format(d, "e")
+    return format(d, "f")
 
 
 def _sign_ok(text: str, m: re.Match) -> bool:
@@ -150,7 +151,7 @@ def find_numbers(text: str) -> tuple[list[str], list[Number]]:
 
 def _line_of(text: str, offset: int) -> tuple[int, str]:
     line = text.count("\n", 0, offset) + 1
-    return line, text.splitlines()[line - 1] if text.splitlines() else ""
+    return line, text.split("\n")[line - 1]
 
 
 def _first_text_difference(ref: str, new: str) -> str:
@@ -299,7 +300,7 @@ def _approx_compare_outputs(self, test, ref, skip_compare=None):
                         f"'{key}' out of tolerance: {e}" + cc.ENDC)
                     self.format_output_compare(key, ref_out, test_out)
                     return False
-                tolerated.extend([key, d.line, d.ref, d.new, _fmt(d.units), _fmt(d.unit)] for d in diffs)
+                tolerated.extend([key, d.line, d.ref, d.new, fmt_decimal(d.units), fmt_decimal(d.unit)] for d in diffs)
                 continue
             self.format_output_compare(key, ref_out, test_out)
             return False

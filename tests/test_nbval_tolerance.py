@@ -196,3 +196,40 @@ def test_nbval_end_to_end(tmp_path, xdist):
     assert "tiny.ipynb::Cell 3 (approx, k = 2):" in summary
     assert "97 -> 99  (2 units of 1, allowed 2)" in summary
     assert "Cell 5" not in summary and "Cell 0" not in summary
+
+
+def test_compare_outputs_script(tmp_path):
+    """scripts/compare_outputs.py pairs the code cells and prints each number's move in last-digit units."""
+    nbformat = pytest.importorskip("nbformat")
+    v4 = nbformat.v4
+
+    def nb(texts, path, tags=()):
+        cells = [v4.new_code_cell(f"cell {i}", execution_count=i + 1,
+                                  outputs=[v4.new_output("stream", name="stdout", text=t)]) for i, t in enumerate(texts)]
+        for c in cells[1:]:
+            c.metadata["tags"] = list(tags)
+        nbformat.write(v4.new_notebook(cells=cells), str(path))
+
+    old, new, new_tagged, short = (tmp_path / n for n in ("old.ipynb", "new.ipynb", "tagged.ipynb", "short.ipynb"))
+    nb(["shape (5, 1, 8, 8)\n", "conf 0.61 (99 %) took 1.5 s\n"], old)
+    nb(["shape (5, 1, 8, 8)\n", "conf 0.62 (100 %) took 2.5 s\n"], new)
+    nb(["shape (5, 1, 8, 8)\n", "conf 0.62 (100 %) took 2.5 s\n"], new_tagged, tags=["approx"])
+    nb(["shape (5, 1, 8, 8)\n"], short)
+
+    def run(*args):
+        r = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_outputs.py"), *map(str, args)],
+                           capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stdout
+
+    rc, out = run(old, new)
+    assert rc == 1, out
+    assert "cell 1 [exact] FAILS" in out
+    assert "0.61 -> 0.62  (+1 unit of 0.01) FAILS" in out and "99 -> 100  (+1 unit of 1) FAILS" in out
+    assert "1.5" not in out  # the timing is sanitized away, as nbval does
+    assert "2 code cells, 1 with different outputs, 1 that nbval would fail" in out
+    rc, out = run(old, new_tagged)
+    assert rc == 0 and "cell 1 [approx k=1] passes" in out and "0.61 -> 0.62  (+1 unit of 0.01) ok" in out, out
+    rc, out = run(new, old, "--units", "1")
+    assert rc == 0 and "0.62 -> 0.61  (-1 unit of 0.01) ok" in out, out
+    rc, out = run(old, short)
+    assert rc == 2 and "cannot pair them" in out, out
