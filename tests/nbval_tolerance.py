@@ -47,8 +47,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-import pytest
-
 TAG = "approx"
 UNITS_KEY = "approx_units"
 DEFAULT_UNITS = 1
@@ -101,7 +99,7 @@ class NumberDiff:
         return self.measured and self.units <= k
 
     def describe(self, k: int | None = None) -> str:
-        """'0.61 -> 0.62 (1 unit of 0.01)'; with k also ', allowed 1' or ', exact integer'."""
+        """'0.61 -> 0.62 (1 unit of 0.01)', with k '(1 unit of 0.01, allowed 1)'; '3 -> 4 (integers must be equal)'."""
         if not self.measured:
             s = f"{self.ref} -> {self.new} (integers must be equal)"
         else:
@@ -120,7 +118,7 @@ class TextMismatch(AssertionError):
 
 
 def fmt_decimal(d: Decimal) -> str:
-    """A Decimal for people: 0.01, 1E-4 -> 0.0001, 2, 0.1; below 1e-4 or from 1e6 on as 1e-14, 1e+06."""
+    """A Decimal for people: 0.01, 1E-4 -> 0.0001, 2, 0.1; below 1e-4 or from 1e6 on as 1e-5, 1e+6."""
     d = d.normalize()
     if d and not -5 < d.adjusted() < 6:
         return format(d, "e")
