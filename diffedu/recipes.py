@@ -383,7 +383,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("classifier_digits", DigitsClassifierConfig, digits_noisy_classifier, labelled_digits,
            classifier_digits_loss, evaluate_digits_classifier, lambda cfg: "test_accuracy_t0",
            dict(schedule="linear(N=1000)",
-                loss="noisy_classifier_loss: cross-entropy on x_t, i ~ U{1..N} (Dhariwal & Nichol 2021)",
+                loss="noisy_classifier_loss: cross-entropy on x_t, i ~ U{{1..N}} (Dhariwal & Nichol 2021)",
                 data=DIGITS + ", labels 0-9")),
     Recipe("text_shapes", TextShapesConfig, text_shapes_unet, text_shapes_data, text_shapes_loss,
            evaluate_text_shapes, lambda cfg: "held_out_all",
@@ -424,18 +424,18 @@ def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, de
         start = time.perf_counter()
         metrics = recipe.evaluate(result.ema_model, cfg, device)
         print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-    options = ("" if cfg.steps == recipe.config().steps else f" --steps {cfg.steps}") + \
-        ("" if threads == 1 else f" --threads {threads}")
-    texts = {key: text.format(**asdict(cfg)) for key, text in recipe.texts.items()}
-    train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), **texts,
-                    "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
-                    "eval": metrics}
-    metric = recipe.metric(cfg)
-    return register_checkpoint(recipe.name, result.ema_model, recipe=f"diffedu.recipes.{recipe.name}",
-                               command=f"python -m diffedu.recipes {recipe.name}{options}",
-                               train_config=train_config, seed=cfg.seed, steps=cfg.steps,
-                               wall_time_s=result.wall_time_s, metric=(metric, round(metrics[metric], 3)),
-                               directory=out, threads=threads)
+        options = ("" if cfg.steps == recipe.config().steps else f" --steps {cfg.steps}") + \
+            ("" if threads == 1 else f" --threads {threads}")
+        texts = {key: text.format(**asdict(cfg)) for key, text in recipe.texts.items()}
+        train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), **texts,
+                        "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
+                        "eval": metrics}
+        metric = recipe.metric(cfg)
+        return register_checkpoint(recipe.name, result.ema_model, recipe=f"diffedu.recipes.{recipe.name}",
+                                   command=f"python -m diffedu.recipes {recipe.name}{options}",
+                                   train_config=train_config, seed=cfg.seed, steps=cfg.steps,
+                                   wall_time_s=result.wall_time_s, metric=(metric, round(metrics[metric], 3)),
+                                   directory=out, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> None:
