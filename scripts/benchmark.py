@@ -3,6 +3,7 @@
     python scripts/benchmark.py                 # everything
     python scripts/benchmark.py --skip-chapters # only the training throughput
     python scripts/benchmark.py --samplers [--quick]   # add the chapter 5 sampler benchmark (issue 4)
+    python scripts/benchmark.py --overhead      # only the per-step sampler overhead against diffusers
 
 Rows: each chapter's execution time in quick mode (executed with nbclient, outputs discarded) and the sample-quality
 figure it reports; training steps/s of the MLP (2-D) and the UNet (8x8 digits) at batch 128.
@@ -88,8 +89,9 @@ def per_step_overhead(repeats: int = 15) -> list[tuple[str, str, str, str]]:
     diffusers loop includes ``set_timesteps`` and, as its pipelines do, ``scale_model_input`` before each model
     call (required by its Euler scheduler: the model must see x = x~ / sqrt(sigma^2 + 1); a no-op for DDIM and
     DPM-Solver), which is the counterpart of our x = alpha x~."""
-    from diffedu.samplers import discrete_sigmas, dpmpp_2m_sample, euler_sample
-    from diffedu.ddim import ddim_sample, spaced_indices
+    from diffedu.ddim import ddim_sample
+    from diffedu.grids import discrete_sigmas, index_grid, spaced_indices
+    from diffedu.samplers import dpmpp_2m_sample, euler_sample
 
     schedule = linear_schedule(1000)
     x = torch.randn(128, 1, 16, 16)
@@ -106,9 +108,10 @@ def per_step_overhead(repeats: int = 15) -> list[tuple[str, str, str, str]]:
             times.append(time.perf_counter() - start)
         return min(times) / K
 
-    runs = {"DPM-Solver++(2M)": lambda: dpmpp_2m_sample(zero, x, schedule, K, sigmas=sig, progress=False),
-            "Euler": lambda: euler_sample(zero, x, schedule, K, sigmas=sig, progress=False),
-            "DDIM": lambda: ddim_sample(zero, x, schedule, K, progress=False)}
+    indices = index_grid(schedule, K)
+    runs = {"DPM-Solver++(2M)": lambda: dpmpp_2m_sample(zero, x, schedule, sig, progress=False),
+            "Euler": lambda: euler_sample(zero, x, schedule, sig, progress=False),
+            "DDIM": lambda: ddim_sample(zero, x, schedule, indices, progress=False)}
     try:
         from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
     except Exception:
@@ -144,6 +147,7 @@ def per_step_overhead(repeats: int = 15) -> list[tuple[str, str, str, str]]:
 def sampler_rows(quick: bool) -> list[tuple[str, str, str, str]]:
     """Chapter 5 (issue 4): error vs NFE table, observed orders, ours vs diffusers at 10 NFE, per-step overhead."""
     from diffedu.benchmark import format_table, observed_orders, reference_endpoint, sampler_benchmark
+    from diffedu.grids import sigma_grid
     from diffedu.samplers import dpmpp_2m_sample
     from diffedu.schedule_search import optimise_schedule
     from diffedu.toy import ExactModel, eight_gaussians
@@ -160,11 +164,12 @@ def sampler_rows(quick: bool) -> list[tuple[str, str, str, str]]:
     model = ExactModel(mixture, schedule, "eps")
     err = lambda x: float((x.double() - ref).pow(2).sum(1).mean().sqrt())  # noqa: E731
     theirs = diffusers_dpmpp(x_T, schedule, 10)
-    ours = {grid: err(dpmpp_2m_sample(model, x_T, schedule, 10, grid=grid, progress=False))
+    ours = {grid: err(dpmpp_2m_sample(model, x_T, schedule, sigma_grid(schedule, 10, grid), progress=False))
             for grid in ("logsnr", "time_uniform", "karras")}
-    ours["default"] = err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False))
-    ours["optimised"] = err(dpmpp_2m_sample(model, x_T, schedule, 10, progress=False,
-                                            sigmas=optimise_schedule(mixture, schedule, 10, "dpmpp_2m").sigmas))
+    ours["default"] = ours["logsnr"]  # the grid chapter 5 recommends for DPM-Solver++(2M)
+    ours["optimised"] = err(dpmpp_2m_sample(model, x_T, schedule,
+                                            optimise_schedule(mixture, schedule, 10, "dpmpp_2m").sigmas,
+                                            progress=False))
     if theirs is None:
         rows.append(("DPM-Solver++(2M) 10 NFE vs diffusers", "diffusers missing", "", ""))
     else:
@@ -187,7 +192,12 @@ def main() -> None:
     parser.add_argument("--skip-chapters", action="store_true")
     parser.add_argument("--samplers", action="store_true", help="add the chapter 5 sampler benchmark")
     parser.add_argument("--quick", action="store_true", help="with --samplers: fewer NFE budgets")
+    parser.add_argument("--overhead", action="store_true", help="only the per-step sampler overhead vs diffusers")
     args = parser.parse_args()
+    if args.overhead:
+        for row in per_step_overhead():
+            print(" | ".join(row))
+        return
     rows = []
     if args.samplers:
         rows += sampler_rows(args.quick)
