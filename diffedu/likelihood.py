@@ -45,6 +45,21 @@ def _check_interval(schedule: NoiseSchedule, t_min: float | None, t_max: float) 
     return t_min, t_max
 
 
+def _check_arguments(model, x, schedule, t_min, t_max, cond, trace, probe, rtol, atol):
+    t_min, t_max = _check_interval(schedule, t_min, t_max)
+    check_sampler_inputs(model, x, t_min, cond, name="x")
+    check_choice("trace", trace, TRACES)
+    check_choice("probe", probe, PROBES)
+    rtol = check_scalar("rtol", rtol, 0.0, 1.0, low_inclusive=False)
+    atol = check_scalar("atol", atol, 0.0, 1.0, low_inclusive=False)
+    if isinstance(schedule, DiscreteSchedule) and min(rtol, atol) < DISCRETE_MIN_TOL:
+        raise ValueError(f"rtol and atol must be >= {DISCRETE_MIN_TOL:g} for a DiscreteSchedule, got rtol={rtol:g}, "
+                         f"atol={atol:g}: its SDE coefficients jump at each of its {schedule.N} grid times, and an "
+                         "adaptive solver shrinks its steps at every jump until the tolerance is met (minutes at "
+                         "1e-9); for tighter results use the continuous schedule it discretises (e.g. VPLinear)")
+    return t_min, t_max, rtol, atol
+
+
 def divergence_exact(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """(fn(x), div fn(x)) with the exact trace of the Jacobian, one backward pass per dimension.
 
@@ -105,18 +120,7 @@ def log_likelihood(model: Callable, x: Tensor, schedule: NoiseSchedule, t_min: f
     """
     from scipy.integrate import solve_ivp  # a well-kept adaptive solver; the diffusion maths is ours
 
-    t_min, t_max = _check_interval(schedule, t_min, t_max)
-    check_sampler_inputs(model, x, t_min, cond, name="x")
-    check_choice("trace", trace, TRACES)
-    check_choice("probe", probe, PROBES)
-    rtol = check_scalar("rtol", rtol, 0.0, 1.0, low_inclusive=False)
-    atol = check_scalar("atol", atol, 0.0, 1.0, low_inclusive=False)
-    if isinstance(schedule, DiscreteSchedule) and min(rtol, atol) < DISCRETE_MIN_TOL:
-        raise ValueError(f"rtol and atol must be >= {DISCRETE_MIN_TOL:g} for a DiscreteSchedule, got rtol={rtol:g}, "
-                         f"atol={atol:g}: its SDE coefficients jump at each of its {schedule.N} grid times, and an "
-                         "adaptive solver shrinks its steps at every jump until the tolerance is met (minutes at "
-                         "1e-9); for tighter results use the continuous schedule it discretises (e.g. VPLinear)")
-    t_min, t_max = _check_interval(schedule, t_min, t_max)
+    t_min, t_max, rtol, atol = _check_arguments(model, x, schedule, t_min, t_max, cond, trace, probe, rtol, atol)
     shape, B = x.shape, x.shape[0]
     n = x[0].numel()
     eps = None

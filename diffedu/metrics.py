@@ -68,7 +68,9 @@ class DigitsClassifier:
 
         train = load_digits(size=8, split="train", seed=seed)
         self.model = LogisticRegression(C=1.0, max_iter=3000)
-        self.model.fit(train.x.reshape(len(train), -1).numpy(), train.y.numpy())
+        # float64: its solver (lbfgs through numpy's BLAS) then gives the same weights on any CPU to ~1e-11; in
+        # float32 the BLAS kernel a CPU picks moved predicted probabilities by ~4e-3, enough to flip a printed %
+        self.model.fit(train.x.reshape(len(train), -1).double().numpy(), train.y.numpy())
 
     def _features(self, x: Tensor | np.ndarray) -> np.ndarray:
         x = _as_2d_float64("x", x)

@@ -28,6 +28,18 @@ def source_of(number: str) -> Path:
     return found[0]
 
 
+def stable_ids(nb) -> None:
+    """Cell ids from the cells' content (jupytext draws random ones), so a re-made notebook's diff shows only
+    what changed."""
+    import hashlib
+
+    seen: dict[str, int] = {}
+    for cell in nb.cells:
+        digest = hashlib.sha1((cell.cell_type + "\0" + cell.source).encode("utf-8")).hexdigest()[:12]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
+
+
 def make(number: str) -> float:
     import jupytext
     import nbformat
@@ -42,6 +54,7 @@ def make(number: str) -> float:
         old = nbformat.read(ipynb, as_version=4)
         nb.metadata = {**old.metadata, **{k: v for k, v in nb.metadata.items() if k != "jupytext"}}
     nb.metadata.pop("jupytext", None)
+    stable_ids(nb)
     tag_solutions_hidden(nb, name=str(md))
     os.environ.update(DIFFEDU_STATIC="1", OMP_NUM_THREADS="1")  # what `make test` runs the notebooks with
     os.environ.pop("DIFFEDU_FULL", None)
