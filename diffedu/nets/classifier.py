@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..checks import check_int
 from .embeddings import TimeMLP, check_time_and_labels, time_and_labels
-from .unet import AttentionBlock, Downsample, ResBlock, check_architecture, check_images
+from .unet import AttentionBlock, Downsample, ResBlock, check_architecture, check_images, init_residual_net
 
 
 class NoisyClassifier(nn.Module):
@@ -90,15 +90,7 @@ class NoisyClassifier(nn.Module):
     def _init_weights(self) -> None:
         """As the UNet: Xavier-uniform weights, zero biases, zero last conv of every residual branch (each block
         starts as the identity); and a zero head, so the untrained classifier says 1/C for every class."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for module in self.modules():
-            if isinstance(module, ResBlock):
-                nn.init.zeros_(module.conv_2.weight)
-            if isinstance(module, AttentionBlock):
-                nn.init.zeros_(module.proj_out.weight)
+        init_residual_net(self)
         nn.init.zeros_(self.head.weight)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float) -> None:

@@ -142,6 +142,20 @@ class Upsample(nn.Module):
         return self.conv(x)                                     # (B, C, 2H, 2W)
 
 
+def init_residual_net(net: nn.Module) -> None:
+    """DDPM's initialisation: Xavier-uniform weights and zero biases, then zero the last conv of every residual
+    branch (ResBlock, AttentionBlock, CrossAttentionBlock), so each block starts as the identity."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    for module in net.modules():
+        if isinstance(module, ResBlock):
+            nn.init.zeros_(module.conv_2.weight)
+        if isinstance(module, (AttentionBlock, CrossAttentionBlock)):
+            nn.init.zeros_(module.proj_out.weight)
+
+
 def check_architecture(in_channels: int, base_channels: int, channel_mults: Sequence[int], num_res_blocks: int,
                        attention_at_lowest: bool, num_heads: int, dropout: float,
                        groups: int) -> tuple[tuple[int, ...], float]:
@@ -307,15 +321,7 @@ class UNet(nn.Module):
         starts as the identity, so the signal passes through the untrained net unchanged in scale) and for the
         final conv. The zero final conv makes the first prediction exactly 0: for eps-prediction that is the mean
         of the target, so training starts at loss E|eps|^2 = 1 instead of from a random, badly scaled output."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for module in self.modules():
-            if isinstance(module, ResBlock):
-                nn.init.zeros_(module.conv_2.weight)
-            if isinstance(module, (AttentionBlock, CrossAttentionBlock)):
-                nn.init.zeros_(module.proj_out.weight)
+        init_residual_net(self)
         nn.init.zeros_(self.conv_out.weight)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
