@@ -15,10 +15,12 @@ from .classifier import NoisyClassifier
 from .precond import InputScaled
 from .text import TextEncoder, TextToImageUNet, Tokenizer
 from .unet import UNet
+from .tangent import TangentMLP
 
 #: Network classes by name, as written in ``config["name"]``.
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
-                                    "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet}
+                                    "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet,
+                                    "TangentMLP": TangentMLP}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
@@ -39,4 +41,4 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 
 
 __all__ = ["PREDICTIONS", "NETS", "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
-           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "build_net"]
+           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP", "build_net"]
