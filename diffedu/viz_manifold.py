@@ -126,8 +126,8 @@ def flat_torus(points=None, log_density: LogDensity | None = None, ax: Axes | No
         P, Q = np.meshgrid(centres, centres)
         pts = torch.as_tensor(np.stack([P, Q], -1).reshape(-1, 2), dtype=torch.float64)
         dens = np.exp(to_numpy(log_density(pts))).reshape(P.shape)
-        ax.imshow(dens, origin="lower", extent=(-180, 180, -180, 180), cmap=cmap, vmin=0, vmax=vmax,
-                  interpolation="bilinear")
+        ax.imshow(dens, origin="lower", extent=(-180, 180, -180, 180), cmap=cmap, interpolation="bilinear",
+                  norm=mpl.colors.PowerNorm(0.5, vmin=0, vmax=vmax))          # colour ~ sqrt(p): faint modes show
     if points is not None:
         p = np.degrees(to_numpy(points).astype(np.float64))
         ax.scatter(p[:, 0], p[:, 1], s=s, color=color, alpha=0.6, linewidths=0)
@@ -140,7 +140,7 @@ def flat_torus(points=None, log_density: LogDensity | None = None, ax: Axes | No
 
 
 def donut(log_density: LogDensity, ax=None, title: str | None = None, resolution: int = 64, R: float = 2.0,
-          r: float = 0.9, cmap: str = "YlGnBu", elev: float = 35, azim: float = -75):
+          r: float = 0.9, cmap: str = "Blues", elev: float = -35, azim: float = -60):
     """The torus embedded in 3-D, ((R + r cos psi) cos phi, (R + r cos psi) sin phi, r sin psi), coloured by a
     density of (phi, psi). ``ax`` must be a 3-D Axes (one is made when None)."""
     if ax is None:
