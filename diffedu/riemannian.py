@@ -34,12 +34,17 @@ from .sampling import Recorder, Trajectory
 Tensor = torch.Tensor
 
 
+def time_range(t_min: float, t_max: float) -> tuple[float, float]:
+    """Check 0 < t_min < t_max < inf (a ValueError names the argument) and return them as floats."""
+    t_min = check_scalar("t_min", t_min, 0.0, math.inf, low_inclusive=False, high_inclusive=False)
+    return t_min, check_scalar("t_max", t_max, t_min, math.inf, low_inclusive=False, high_inclusive=False)
+
+
 def log_time_grid(steps: int, t_min: float, t_max: float) -> Tensor:
     """steps + 1 times t_max = t_0 > ... > t_steps = t_min, evenly spaced in log t (float64): Brownian motion
     changes fastest at small t, so the grid is finest there."""
     steps = check_int("steps", steps, 1)
-    t_min = check_scalar("t_min", t_min, 0.0, math.inf, low_inclusive=False)
-    t_max = check_scalar("t_max", t_max, t_min, math.inf, low_inclusive=False)
+    t_min, t_max = time_range(t_min, t_max)
     return torch.logspace(math.log10(t_max), math.log10(t_min), steps + 1, dtype=torch.float64)
 
 
@@ -53,6 +58,7 @@ def rsgm_loss(model: Callable, x0: Tensor, manifold: Manifold, t_min: float, t_m
     series for t >= ``t_switch`` and by Varadhan's log_x(x0) / t below (where the series needs many terms).
     With log-uniform t, the weight t per sample is the likelihood weighting g(t)^2 = 1 per unit of time.
     """
+    t_min, t_max = time_range(t_min, t_max)
     u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
     t = t_min * (t_max / t_min) ** u                                         # (B,), log-uniform
     x_t = geodesic_random_walk(manifold, x0, t, walk_steps, generator)       # (B, coords)
@@ -73,6 +79,7 @@ def rfm_loss(model: Callable, x0: Tensor, manifold: Manifold, generator: torch.G
 
         x_t = exp_{x0}(t log_{x0}(x1)),  x1 ~ uniform,  t ~ U[0, 1];   E |v_theta(x_t, t) - d x_t / dt|^2.
     """
+    manifold.check_points("x0", x0)
     x1 = manifold.random_uniform(x0.shape[0], generator, x0.dtype, x0.device)           # (B, coords): noise
     t = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)  # (B,)
     v = manifold.logmap(x0, x1)                                                          # (B, coords)

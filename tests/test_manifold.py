@@ -301,6 +301,12 @@ def test_bad_input_names_the_argument():
         ode_sample(net, x, S, log_time_grid(4, 1e-3, 4.0).flip(0), progress=False)
     with pytest.raises(ValueError, match="steps"):
         log_time_grid(0, 1e-3, 1.0)
+    with pytest.raises(ValueError, match="t_min"):
+        rsgm_loss(net, x, S, 0.0, 4.0)
+    with pytest.raises(ValueError, match="t_max"):
+        rsgm_loss(net, x, S, 1e-3, 1e-4)
+    with pytest.raises(ValueError, match="x0 must lie on the sphere"):
+        rfm_loss(net, 3 * x, S)
     with pytest.raises(ValueError, match="score model"):
         fm = TangentMLP("sphere", prediction="velocity", t_min=0.0, t_max=1.0)
         geodesic_random_walk_sample(fm, x, S, time_grid(4, 0.0, 1.0), progress=False)
