@@ -136,6 +136,19 @@ class Torus:
 Manifold = Sphere | Torus
 
 
+def check_walk(manifold: Manifold, x: Tensor, t: Tensor | float, steps: int) -> Tensor:
+    """The checks of ``geodesic_random_walk``'s arguments (a ValueError names the argument); returns t as a tensor."""
+    manifold.check_points("x", x)
+    check_int("steps", steps, 1)
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
+        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+    check_finite("t", t)
+    if t.numel() and float(t.min()) <= 0:
+        raise ValueError(f"t must be > 0, got values down to {float(t.min()):.3g}")
+    return t
+
+
 def geodesic_random_walk(manifold: Manifold, x: Tensor, t: Tensor | float, steps: int,
                          generator: torch.Generator | None = None) -> Tensor:
     """Brownian motion run for time t from x, by ``steps`` geodesic random-walk steps (De Bortoli et al. 2022,
@@ -144,14 +157,7 @@ def geodesic_random_walk(manifold: Manifold, x: Tensor, t: Tensor | float, steps
     x: (B, coords) points; t: a time > 0, or one per point (B,). On the flat torus the walk is exact for any
     ``steps`` (Gaussian steps add up); on the sphere E<X_t, x> = m(gamma)^steps -> e^{-t} as gamma -> 0.
     """
-    manifold.check_points("x", x)
-    steps = check_int("steps", steps, 1)
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
-        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
-    check_finite("t", t)
-    if t.numel() and float(t.min()) <= 0:
-        raise ValueError(f"t must be > 0, got values down to {float(t.min()):.3g}")
+    t = check_walk(manifold, x, t, steps)                                    # (B,) or () times
     step_std = (t / steps).sqrt().reshape(-1, 1)                             # sqrt(gamma): (B, 1) or (1, 1)
     for _ in range(steps):
         x = manifold.expmap(x, step_std * manifold.random_tangent(x, generator))
