@@ -31,6 +31,18 @@ class MLPBlock(nn.Module):
         return h + r                              # (B, hidden)
 
 
+def init_residual_mlp(net: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases (DDPM's choice), then zeros for the last layer of every residual
+    branch (``net.blocks``: each starts as the identity) and for the output layer ``net.linear_out``."""
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    for block in net.blocks:
+        nn.init.zeros_(block.linear_2.weight)
+    nn.init.zeros_(net.linear_out.weight)
+
+
 class MLPDenoiser(nn.Module):
     """Residual MLP ``net(x, t, cond=None)`` for x of shape (B, data_dim), time t in [0, 1].
 
@@ -77,16 +89,9 @@ class MLPDenoiser(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """All initialisation in one place: Xavier-uniform weights and zero biases (DDPM's choice), then zeros
-        for the last layer of every residual branch (blocks start as the identity) and for the output layer
-        (the first prediction is exactly 0, the mean of the eps target, so the loss starts near E|eps|^2)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            nn.init.zeros_(block.linear_2.weight)
-        nn.init.zeros_(self.linear_out.weight)
+        """All initialisation in one place (``init_residual_mlp``): the first prediction is exactly 0, the mean of
+        the eps target, so the loss starts near E|eps|^2."""
+        init_residual_mlp(self)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> None:
         """Raise a ValueError naming the argument unless ``net(x, t, cond)`` is a valid call. Samplers call this

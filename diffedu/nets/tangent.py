@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from ..checks import check_choice, check_int, check_scalar, check_time
 from ..manifolds import Sphere, Torus
 from .embeddings import TimeMLP
-from .mlp import MLPBlock
+from .mlp import MLPBlock, init_residual_mlp
 
 MANIFOLDS = {"sphere": Sphere, "torus": Torus}
 
@@ -56,13 +56,7 @@ class TangentMLP(nn.Module):
         self.blocks = nn.ModuleList([MLPBlock(hidden, layer_norm=True) for _ in range(depth)])
         self.norm_out = nn.LayerNorm(hidden)
         self.linear_out = nn.Linear(hidden, self.manifold.coords)
-        for module in self.modules():                   # initialisation as MLPDenoiser: blocks start as the
-            if isinstance(module, nn.Linear):           # identity and the first output is exactly 0
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            nn.init.zeros_(block.linear_2.weight)
-        nn.init.zeros_(self.linear_out.weight)
+        init_residual_mlp(self)                         # as MLPDenoiser: blocks start as the identity, output 0
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> None:
         """Raise a ValueError naming the argument unless ``net(x, t)`` is valid: points on the manifold, times in
