@@ -37,6 +37,7 @@ student: install
 
 benchmark: install
 	$(PY) scripts/benchmark.py
+	$(PY) scripts/benchmark_manifold.py
 
 clean:
 	rm -rf _build student
