@@ -91,8 +91,8 @@ def check_same_on_all_ranks(name: str, value: Any) -> None:
     dist.all_gather_object(digests, digest)
     if len(set(digests)) > 1:
         ranks = {d: [r for r in range(world) if digests[r] == d] for d in dict.fromkeys(digests)}
-        raise ValueError(f"{name} must be the same on every rank, but the ranks disagree (hash: ranks "
-                         f"{ranks}); start every rank with the same command")
+        raise ValueError(f"{name} must be the same on every rank, but the ranks disagree (ranks by the hash of "
+                         f"their value: {ranks}); start every rank with the same command")
 
 
 def check_rank_zero(what: str) -> None:
