@@ -4,6 +4,7 @@
     python scripts/benchmark.py --skip-chapters # only the training throughput
     python scripts/benchmark.py --samplers [--quick]   # add the chapter 5 sampler benchmark (issue 4)
     python scripts/benchmark.py --overhead      # only the per-step sampler overhead against diffusers
+    python scripts/benchmark.py --fast-paths    # only training speed vs diffusers, fused attention, 2 processes
 
 Rows: each chapter's execution time in quick mode (executed with nbclient, outputs discarded) and the sample-quality
 figure it reports; training steps/s of the MLP (2-D) and the UNet (8x8 digits) at batch 128.
@@ -105,6 +106,96 @@ def training_speed_vs_diffusers(sizes: tuple[int, ...] = (8, 16, 28), batch: int
     finally:
         torch.set_num_threads(before)
     return rows
+
+
+def text_unet_attention_speedup(batch: int = 64, threads: int = 2, rounds: int = 3,
+                                steps: int = 5) -> list[tuple[str, str, str, str]]:
+    """Training steps/s and evaluations/s of the text-to-image UNet (the text_shapes recipe's net, 16x16 RGB,
+    cross-attention at every level) with the explicit and the fused attention, batch ``batch``."""
+    from diffedu.nets.unet import set_fused_attention
+    from diffedu.recipes import TextShapesConfig, text_shapes_unet
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        cfg = TextShapesConfig()
+        nets = {"explicit": text_shapes_unet(cfg), "fused": set_fused_attention(text_shapes_unet(cfg), True)}
+        x, t = torch.randn(batch, 3, 16, 16), torch.rand(batch)
+        ids = nets["explicit"].tokenize(["a large red circle at the top left"] * batch)
+        schedule = linear_schedule()
+        train_best, eval_best = {k: 0.0 for k in nets}, {k: 0.0 for k in nets}
+        for _ in range(rounds):
+            for name, net in nets.items():
+                optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+                g = torch.Generator().manual_seed(0)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    optimizer.zero_grad()
+                    ddpm_loss(net, x, schedule, cond=ids, generator=g).backward()
+                    optimizer.step()
+                train_best[name] = max(train_best[name], steps / (time.perf_counter() - start))
+                with torch.no_grad():
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        net(x, t, ids)
+                eval_best[name] = max(eval_best[name], steps / (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(before)
+    return [(f"text-to-image UNet train, batch {batch}, {threads} threads",
+             f"{train_best['explicit']:.2f} / {train_best['fused']:.2f} steps/s (explicit / fused)",
+             f"fused speed-up {train_best['fused'] / train_best['explicit']:.2f}x", ""),
+            (f"text-to-image UNet forward, batch {batch}, {threads} threads",
+             f"{eval_best['explicit']:.1f} / {eval_best['fused']:.1f} evals/s (explicit / fused)",
+             f"fused speed-up {eval_best['fused'] / eval_best['explicit']:.2f}x", "")]
+
+
+DDP_STEPS = 60
+
+
+def ddp_worker(out: str, steps: int = DDP_STEPS) -> None:
+    """Train ddpm_digits' network (dropout 0, batch 128) for ``steps`` steps; rank 0 writes steps/s and losses.
+    Runs as one process, or as each rank under torchrun (``benchmark.py --ddp-worker OUT``)."""
+    from diffedu.distributed import init_distributed, launched_by_torchrun, rank_and_world
+    from diffedu.recipes import RECIPES
+    from diffedu.train import train
+
+    device = init_distributed("cpu") if launched_by_torchrun() else "cpu"
+    recipe = RECIPES["ddpm_digits"]
+    cfg = recipe.config(dropout=0.0, steps=steps)
+    torch.manual_seed(cfg.seed)
+    result = train(recipe.network(cfg), recipe.loss(cfg), recipe.data(cfg), steps=steps, batch_size=cfg.batch_size,
+                   lr=cfg.lr, warmup_steps=cfg.warmup_steps, device=device, seed=cfg.seed, progress=False)
+    if rank_and_world()[0] == 0:
+        Path(out).write_text(json.dumps({"steps_per_s": result.steps_per_s, "losses": result.losses}))
+
+
+def ddp_speed(rounds: int = 2) -> list[tuple[str, str, str, str]]:
+    """Steps/s of ddpm_digits' training (batch 128, dropout 0) on 1 process (1 and 2 threads) and on 2 processes
+    of 1 thread each (torchrun, gloo), and the largest difference between the 1- and 2-process loss trajectories."""
+    import subprocess
+    import tempfile
+
+    runs: dict[str, list[float]] = {}
+    losses = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for label, threads, launcher in (("1 process, 1 thread", 1, []), ("1 process, 2 threads", 2, []),
+                                             ("2 processes, 1 thread each", 1,
+                                              ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
+                out = Path(tmp) / "out.json"
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                subprocess.run([sys.executable, *launcher, str(Path(__file__).resolve()), "--ddp-worker", str(out)],
+                               check=True, env=env, capture_output=True)
+                report = json.loads(out.read_text())
+                runs.setdefault(label, []).append(report["steps_per_s"])
+                losses[label] = report["losses"]
+    one = losses["1 process, 1 thread"]
+    diff = max(abs(a - b) for a, b in zip(one, losses["2 processes, 1 thread each"]))
+    base = max(runs["1 process, 1 thread"])
+    return [(f"ddpm_digits train, batch 128, {label}", f"{max(v):.2f} steps/s", f"x{max(v) / base:.2f}",
+             f"max |loss - 1-process loss| over {DDP_STEPS} steps: {diff:.1e}" if "2 processes" in label else "")
+            for label, v in runs.items()]
 
 
 def run_chapter(path: Path) -> tuple[float, str]:
@@ -251,7 +342,19 @@ def main() -> None:
     parser.add_argument("--samplers", action="store_true", help="add the chapter 5 sampler benchmark")
     parser.add_argument("--quick", action="store_true", help="with --samplers: fewer NFE budgets")
     parser.add_argument("--overhead", action="store_true", help="only the per-step sampler overhead vs diffusers")
+    parser.add_argument("--fast-paths", action="store_true", help="only training speed vs diffusers, the fused "
+                                                                   "attention and 2 processes")
+    parser.add_argument("--ddp-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ddp_worker:
+        ddp_worker(args.ddp_worker)
+        return
+    if args.fast_paths:
+        rows = training_speed_vs_diffusers() + text_unet_attention_speedup() + ddp_speed()
+        widths = [max(len(r[k]) for r in rows) for k in range(4)]
+        for r in rows:
+            print(" | ".join(cell.ljust(w) for cell, w in zip(r, widths)))
+        return
     if args.overhead:
         for row in per_step_overhead():
             print(" | ".join(row))
@@ -270,6 +373,7 @@ def main() -> None:
     rows.append(("MLPDenoiser train, batch 128 (2-D)", f"{mlp:.0f} steps/s", "", ""))
     unet = steps_per_second(UNet(), torch.randn(128, 1, 8, 8))
     rows.append(("UNet train, batch 128 (1x8x8)", f"{unet:.1f} steps/s", "", ""))
+    rows += training_speed_vs_diffusers() + text_unet_attention_speedup() + ddp_speed()
     for name, entry in read_manifest().items():
         metric = entry["metric"]
         rows.append((f"checkpoint {name}", f"{entry['size_bytes'] / 1e6:.2f} MB",
