@@ -18,7 +18,7 @@ flag away (``DIFFEDU_FULL=1`` or ``retrain = True``).
 **Scale-out.** Every recipe also runs on several processes with PyTorch's DistributedDataParallel, the same
 global batch split across them (``diffedu.distributed``); rank 0 alone evaluates and registers:
 
-    torchrun --standalone --nproc_per_node=4 -m diffedu.recipes ddpm_digits --full      # 4 GPUs (NCCL) or CPUs (gloo)
+    torchrun --standalone --nproc_per_node=4 -m diffedu.recipes ddpm_digits --full   # 4 GPUs (NCCL) or CPUs (gloo)
 
 ``--full`` (or ``DIFFEDU_FULL=1``) picks the recipe's full-mode configuration (:data:`FULL_MODE`: longer, larger
 batches, the fused attention and bf16 autocast, meant for GPUs); ``--set KEY=VALUE`` overrides one config field;
@@ -42,12 +42,12 @@ from .classifier_training import noisy_accuracy, noisy_classifier_loss
 from .data import DIGITS_LEVELS, load_digits
 from .ddim import ddim_sample
 from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
+from .distributed import check_same_on_all_ranks, init_distributed, launched_by_torchrun, rank_and_world
 from .grids import geometric_sigmas, index_grid
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .metrics import digits_classifier, frechet_distance
 from .ncsn import annealed_langevin_sample, dsm_loss
 from .nets import InputScaled, NoisyClassifier, TextToImageUNet, UNet
-from .distributed import check_same_on_all_ranks, init_distributed, launched_by_torchrun, rank_and_world
 from .nets.text import Tokenizer
 from .nets.unet import set_fused_attention
 from .pretrained import register_checkpoint
@@ -491,8 +491,8 @@ def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, de
 
     ``full`` only marks ``cfg`` as the full-mode configuration in the recorded command. ``fused_attention``,
     ``autocast`` ("bf16" or "fp16") and ``compile`` are the fast paths of :func:`diffedu.train.train` (all off:
-    the shipped, byte-reproducible runs). ``losses``: a file to write the per-step training losses and gradient norms to (JSON).
-    Under torchrun every rank trains; rank 0 alone evaluates and registers, the other ranks return None.
+    the shipped, byte-reproducible runs). ``losses``: a file to write the per-step training losses and gradient
+    norms to (JSON). Under torchrun every rank trains; rank 0 alone evaluates and registers, the others return None.
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     cfg = recipe.config() if cfg is None else cfg
@@ -549,7 +549,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--autocast", choices=sorted(AUTOCAST) + ["none"], default=None,
                         help="mixed-precision training (default: none; bf16 in full mode)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
-    parser.add_argument("--losses", default=None, metavar="FILE", help="write the per-step losses and gradient norms to FILE (JSON)")
+    parser.add_argument("--losses", default=None, metavar="FILE",
+                        help="write the per-step losses and gradient norms to FILE (JSON)")
     parser.add_argument("--backend", choices=["gloo", "nccl"], default=None,
                         help="under torchrun: the process group's backend (default: nccl on CUDA, gloo on the CPU)")
     args = parser.parse_args(argv)
@@ -566,11 +567,11 @@ def main(argv: list[str] | None = None) -> None:
     elif args.backend is not None:
         raise ValueError(f"--backend {args.backend} needs several processes: start them with torchrun "
                          f"--nproc_per_node=N -m diffedu.recipes ...")
+    fused = fast.fused_attention if args.fused_attention is None else args.fused_attention
+    autocast = fast.autocast if args.autocast is None else AUTOCAST_NAMES[args.autocast]
     try:
         entry = run_recipe(recipe, cfg, out=args.out, device=device, threads=args.threads, full=full,
-                           fused_attention=fast.fused_attention if args.fused_attention is None else args.fused_attention,
-                           autocast=fast.autocast if args.autocast is None else AUTOCAST_NAMES[args.autocast],
-                           compile=args.compile, losses=args.losses)
+                           fused_attention=fused, autocast=autocast, compile=args.compile, losses=args.losses)
     finally:
         if launched_by_torchrun():
             import torch.distributed as dist

@@ -143,7 +143,8 @@ def train(
     attention kernel is a property of the net: ``diffedu.nets.unet.set_fused_attention``.
 
     Under ``torchrun`` (a process group is initialised) every rank draws the same rows and the same noise, runs
-    the net on its ``batch_size / W`` rows, and DDP averages the gradients; ``batch_size`` must be divisible by W.
+    the net on its ``batch_size / W`` rows, and DDP averages the gradients; ``batch_size`` must be divisible by W,
+    and ``loss_fn`` must call the net once per step, on tensors whose first dimension is the global batch.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -174,7 +175,7 @@ def train(
             data=[(list(t.shape), float(t.double().sum())) for t in tensors]))
 
     device = pick_device(device)
-    seed_everything(seed + rank)  # torch's global generator drives dropout; DDP: one stream per rank, rank 0's = 1 process
+    seed_everything(seed + rank)  # torch's global generator drives dropout; DDP: different masks on each rank
     model.to(device).train()
     tensors = tuple(t.to(device) for t in tensors)
     n = tensors[0].shape[0]

@@ -76,11 +76,11 @@ def diffusers_peer_unet(size: int) -> torch.nn.Module | None:
 
 
 def training_speed_vs_diffusers(sizes: tuple[int, ...] = (8, 16, 28), batch: int = 128, threads: int = 2,
-                                rounds: int = 3, steps: int = 10) -> list[tuple[str, str, str, str]]:
+                                rounds: int = 5, steps: int = 5) -> list[tuple[str, str, str, str]]:
     """Training steps/s (DDPM eps loss + Adam, batch ``batch``, ``threads`` torch threads) of our ``UNet()`` with
     the explicit and the fused attention, and of diffusers' ``UNet2DModel`` of the same architecture; ratios
-    ours/diffusers. Timed interleaved, best of ``rounds`` rounds of ``steps`` steps each, so drifting machine load
-    hits all three alike."""
+    ours/diffusers. Timed interleaved, best of ``rounds`` rounds of ``steps`` steps each (after 5 warm-up steps), so
+    drifting machine load hits all three alike and a loaded moment does not count."""
     from diffedu.nets.unet import set_fused_attention
 
     before = torch.get_num_threads()
@@ -349,11 +349,11 @@ def main() -> None:
     if args.ddp_worker:
         ddp_worker(args.ddp_worker)
         return
-    if args.fast_paths:
-        rows = training_speed_vs_diffusers() + text_unet_attention_speedup() + ddp_speed()
-        widths = [max(len(r[k]) for r in rows) for k in range(4)]
-        for r in rows:
-            print(" | ".join(cell.ljust(w) for cell, w in zip(r, widths)))
+    if args.fast_paths:  # each row as soon as it is measured
+        for size in (8, 16, 28):
+            print(" | ".join(training_speed_vs_diffusers(sizes=(size,))[0]), flush=True)
+        for row in text_unet_attention_speedup() + ddp_speed():
+            print(" | ".join(row), flush=True)
         return
     if args.overhead:
         for row in per_step_overhead():

@@ -39,5 +39,6 @@ def build_net(config: dict[str, Any]) -> nn.Module:
         raise ValueError(f"config has an argument {config['name']} does not take: {error}") from None
 
 
-__all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention", "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
+__all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
+           "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
            "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "build_net"]
