@@ -435,7 +435,8 @@ AUTOCAST_NAMES = {"bf16": "bf16", "fp16": "fp16", "none": None}  # the command l
 
 def parse_overrides(config: type, items: list[str]) -> dict[str, Any]:
     """``["steps=200", "channel_mults=1,2"]`` -> ``{"steps": 200, "channel_mults": (1, 2)}``, each value read as the
-    type of the field's default (int, float, str, or a tuple of ints). Raises ValueError naming a bad item."""
+    type of the field's default (int, float, str, or a comma-separated tuple of the type of its first element).
+    Raises ValueError naming a bad item."""
     defaults = {f.name: getattr(config(), f.name) for f in fields(config)}
     out = {}
     for item in items:
@@ -444,7 +445,10 @@ def parse_overrides(config: type, items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set must be KEY=VALUE with KEY one of {sorted(defaults)}, got {item!r}")
         kind = type(defaults[key])
         try:
-            out[key] = tuple(int(v) for v in text.split(",")) if kind is tuple else kind(text)
+            if kind is tuple:
+                out[key] = tuple(type(defaults[key][0])(v) for v in text.split(","))
+            else:
+                out[key] = kind(text)
         except ValueError:
             raise ValueError(f"--set {key} must be a {kind.__name__}, got {text!r}") from None
     return out

@@ -124,6 +124,7 @@ def test_config_overrides_and_the_recorded_command():
     cfg_type = recipes.DigitsDDPMConfig
     assert recipes.parse_overrides(cfg_type, ["batch_size=64", "lr=0.5", "channel_mults=1,2,2"]) == \
         {"batch_size": 64, "lr": 0.5, "channel_mults": (1, 2, 2)}
+    assert recipes.parse_overrides(recipes.DigitsClassifierConfig, ["eval_times=0,0.5"]) == {"eval_times": (0.0, 0.5)}
     with pytest.raises(ValueError, match="--set must be KEY=VALUE with KEY one of"):
         recipes.parse_overrides(cfg_type, ["nonsense=1"])
     with pytest.raises(ValueError, match="--set batch_size must be a int, got 'x'"):
@@ -135,6 +136,15 @@ def test_config_overrides_and_the_recorded_command():
         "torchrun --nproc_per_node=4 -m diffedu.recipes ddpm_digits --full"
     assert recipes.recipe_command(recipe, cfg_type(steps=5, dropout=0.0), fused_attention=True, compile=True) == \
         "python -m diffedu.recipes ddpm_digits --steps 5 --set dropout=0.0 --fused-attention --compile"
+
+
+def test_the_recorded_command_rebuilds_the_config():
+    recipe = recipes.RECIPES["classifier_digits"]
+    cfg = recipe.config(steps=7, batch_size=16, eval_times=(0.0, 0.5), channel_mults=(1, 2, 2), lr=3e-4)
+    words = recipes.recipe_command(recipe, cfg).split()
+    sets = [words[k + 1] for k, w in enumerate(words) if w == "--set"]
+    steps = int(words[words.index("--steps") + 1])
+    assert recipe.config(steps=steps, **recipes.parse_overrides(recipe.config, sets)) == cfg
 
 
 def test_every_shipped_model_has_a_full_mode_configuration():
