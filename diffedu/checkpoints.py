@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import check_rank_zero
+
 HEADER_KEY = "diffedu"
 """The one safetensors metadata key we write. (One key keeps the file byte-for-byte reproducible: safetensors
 writes several metadata keys in an arbitrary order.)"""
@@ -40,6 +42,7 @@ def save_checkpoint(model: nn.Module | dict[str, torch.Tensor], path: str | Path
     """Write ``model``'s weights to ``path`` (safetensors) with ``config`` and ``metadata`` as JSON in the header."""
     from safetensors.torch import save_file
 
+    check_rank_zero("save_checkpoint")  # one writer under torchrun (DDP): rank 0
     if not isinstance(config, dict):
         raise ValueError(f"config must be a dict, got {type(config).__name__}")
     if metadata is not None and not isinstance(metadata, dict):

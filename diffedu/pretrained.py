@@ -25,6 +25,7 @@ from torch import nn
 
 from .checkpoints import load_state, save_checkpoint, sha256_file
 from .checks import check_int, check_scalar
+from .distributed import check_rank_zero, rank_and_world
 from .utils import pick_device
 
 MAX_CHECKPOINT_BYTES = 5_000_000
@@ -255,6 +256,9 @@ def machine_description(model: nn.Module, threads: int | None = None) -> dict:
     }
     if device.type == "cuda":
         description["gpu"] = torch.cuda.get_device_name(device)
+    world = rank_and_world()[1]
+    if world > 1:  # several processes (torchrun + DDP); one-process entries keep their keys
+        description["processes"] = world
     return description
 
 
@@ -321,7 +325,10 @@ def register_checkpoint(name: str, model: nn.Module, *, recipe: str, command: st
 
     The manifest keeps its order of entries and the text of every other entry: re-registering a checkpoint
     changes only that entry's lines, and a new name is added at the end.
+
+    Under torchrun only rank 0 may register (a ValueError on any other rank): one file and one entry per run.
     """
+    check_rank_zero("register_checkpoint")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise ValueError(f"name must be letters, digits, '_', '-' or '.', starting with a letter or digit, "
                          f"got {name!r}")

@@ -14,14 +14,25 @@ initialisation; one thread (the default) fixes the order of every floating-point
 holds nothing time-dependent. The manifest records all of it (``machine``: threads, CPU capability, torch).
 Chapters load the result with ``diffedu.pretrained.load_pretrained(name)``; the cell that would retrain it is one
 flag away (``DIFFEDU_FULL=1`` or ``retrain = True``).
+
+**Scale-out.** Every recipe also runs on several processes with PyTorch's DistributedDataParallel, the same
+global batch split across them (``diffedu.distributed``); rank 0 alone evaluates and registers:
+
+    torchrun --standalone --nproc_per_node=4 -m diffedu.recipes ddpm_digits --full   # 4 GPUs (NCCL) or CPUs (gloo)
+
+``--full`` (or ``DIFFEDU_FULL=1``) picks the recipe's full-mode configuration (:data:`FULL_MODE`: longer, larger
+batches, the fused attention and bf16 autocast, meant for GPUs); ``--set KEY=VALUE`` overrides one config field;
+``--fused-attention``, ``--autocast bf16`` and ``--compile`` switch the fast paths on by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -31,17 +42,19 @@ from .classifier_training import noisy_accuracy, noisy_classifier_loss
 from .data import DIGITS_LEVELS, load_digits
 from .ddim import ddim_sample
 from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
+from .distributed import check_same_on_all_ranks, init_distributed, launched_by_torchrun, rank_and_world
 from .grids import geometric_sigmas, index_grid
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .metrics import digits_classifier, frechet_distance
 from .ncsn import annealed_langevin_sample, dsm_loss
 from .nets import InputScaled, NoisyClassifier, TextToImageUNet, UNet
 from .nets.text import Tokenizer
+from .nets.unet import set_fused_attention
 from .pretrained import register_checkpoint
 from .schedules import VE, linear_schedule
 from .shapes import HELD_OUT, SIZES, VOCABULARY, ShapeSpec, make_shapes, shapes_probe
 from .train import train
-from .utils import pick_device, seed_everything
+from .utils import full_mode, pick_device, seed_everything
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
 
@@ -395,6 +408,73 @@ ddpm_digits, ncsn_digits, cfg_digits = RECIPES["ddpm_digits"], RECIPES["ncsn_dig
 classifier_digits, text_shapes = RECIPES["classifier_digits"], RECIPES["text_shapes"]
 
 
+@dataclass(frozen=True)
+class FullMode:
+    """A recipe's full-mode run (``--full`` or ``DIFFEDU_FULL=1``), meant for one or more GPUs: the config fields it
+    changes, the fast paths it switches on, and its expected time on one GPU ("unmeasured" until
+    ``scripts/gpu_check.py`` has timed it on a GPU). The networks stay the shipped ones (every checkpoint <= 5 MB)."""
+
+    overrides: dict = field(default_factory=dict)
+    fused_attention: bool = True
+    autocast: str | None = "bf16"
+    gpu_time: str = "unmeasured"
+
+
+FULL_MODE: dict[str, FullMode] = {
+    "ddpm_digits": FullMode(dict(steps=48_000, batch_size=256, eval_samples=2_000)),
+    "ncsn_digits": FullMode(dict(steps=24_000, batch_size=256, eval_samples=2_000)),
+    "cfg_digits": FullMode(dict(steps=32_000, batch_size=256, eval_per_class=200)),
+    "classifier_digits": FullMode(dict(steps=32_000, batch_size=256)),
+    "text_shapes": FullMode(dict(steps=48_000, batch_size=256, train_images=80_000, eval_per_caption=32)),
+}
+"""Full-mode configurations of every shipped model (4x the steps or more, batch 256, the fast paths on)."""
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_NAMES = {"bf16": "bf16", "fp16": "fp16", "none": None}  # the command line's words
+
+
+def parse_overrides(config: type, items: list[str]) -> dict[str, Any]:
+    """``["steps=200", "channel_mults=1,2"]`` -> ``{"steps": 200, "channel_mults": (1, 2)}``, each value read as the
+    type of the field's default (int, float, str, or a comma-separated tuple of the type of its first element).
+    Raises ValueError naming a bad item."""
+    defaults = {f.name: getattr(config(), f.name) for f in fields(config)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"--set must be KEY=VALUE with KEY one of {sorted(defaults)}, got {item!r}")
+        kind = type(defaults[key])
+        try:
+            if kind is tuple:
+                out[key] = tuple(type(defaults[key][0])(v) for v in text.split(","))
+            else:
+                out[key] = kind(text)
+        except ValueError:
+            raise ValueError(f"--set {key} must be a {kind.__name__}, got {text!r}") from None
+    return out
+
+
+def recipe_command(recipe: Recipe, cfg: Any, threads: int = 1, full: bool = False, fused_attention: bool = False,
+                   autocast: str | None = None, compile: bool = False, world: int = 1) -> str:
+    """The command line that reruns ``recipe`` with ``cfg`` and these switches (written to the manifest)."""
+    base = recipe.config(**FULL_MODE[recipe.name].overrides) if full else recipe.config()
+    runner = "python -m" if world == 1 else f"torchrun --nproc_per_node={world} -m"
+    words = [runner, "diffedu.recipes", recipe.name] + (["--full"] if full else [])
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value != getattr(base, f.name):
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            words.append(f"--steps {text}" if f.name == "steps" else f"--set {f.name}={text}")
+    full_fast = FULL_MODE[recipe.name] if full else FullMode(fused_attention=False, autocast=None)
+    words += [f"--threads {threads}"] * (threads != 1)
+    if fused_attention != full_fast.fused_attention:
+        words.append("--fused-attention" if fused_attention else "--no-fused-attention")
+    if autocast != full_fast.autocast:
+        words.append(f"--autocast {autocast or 'none'}")
+    words += ["--compile"] * bool(compile)
+    return " ".join(words)
+
+
 @contextlib.contextmanager
 def reproducible(threads: int):
     """Pin torch to ``threads`` threads and deterministic algorithms for the duration (restored afterwards)."""
@@ -409,49 +489,101 @@ def reproducible(threads: int):
 
 
 def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, device: str | None = None,
-               threads: int = 1) -> dict:
-    """The one runner: train ``recipe`` from its seed, evaluate it, register it; returns the manifest entry."""
+               threads: int = 1, *, full: bool = False, fused_attention: bool = False, autocast: str | None = None,
+               compile: bool = False, losses: str | None = None) -> dict | None:
+    """The one runner: train ``recipe`` from its seed, evaluate it, register it; returns the manifest entry.
+
+    ``full`` only marks ``cfg`` as the full-mode configuration in the recorded command. ``fused_attention``,
+    ``autocast`` ("bf16" or "fp16") and ``compile`` are the fast paths of :func:`diffedu.train.train` (all off:
+    the shipped, byte-reproducible runs). ``losses``: a file to write the per-step training losses and gradient
+    norms to (JSON). Under torchrun every rank trains; rank 0 alone evaluates and registers, the others return None.
+    """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     cfg = recipe.config() if cfg is None else cfg
+    if autocast is not None and autocast not in AUTOCAST:
+        raise ValueError(f"autocast must be None or one of {sorted(AUTOCAST)}, got {autocast!r}")
+    rank, world = rank_and_world()  # DDP: (0, 1) in one process
+    check_same_on_all_ranks(f"recipe {recipe.name}'s config and switches", dict(  # DDP: one run, not W different
+        asdict(cfg), recipe=recipe.name, threads=threads, fused=fused_attention, autocast=autocast, compile=compile))
     with reproducible(threads):
         seed_everything(cfg.seed)
         device = pick_device(device)
         data = recipe.data(cfg)
-        model = recipe.network(cfg)
+        model = set_fused_attention(recipe.network(cfg), fused_attention)
         result = train(model, recipe.loss(cfg), data, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                        warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
-                       device=device, seed=cfg.seed, progress=True, log_every=1000)
+                       device=device, seed=cfg.seed, progress=True, log_every=1000,
+                       autocast=AUTOCAST.get(autocast), compile=compile)
+        if rank != 0:  # DDP: rank 0 alone evaluates and writes the checkpoint and the manifest
+            return None
+        if losses is not None:
+            Path(losses).write_text(json.dumps({"losses": result.losses, "grad_norms": result.grad_norms}),
+                                    encoding="utf-8")
         start = time.perf_counter()
         metrics = recipe.evaluate(result.ema_model, cfg, device)
         print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
-        options = ("" if cfg.steps == recipe.config().steps else f" --steps {cfg.steps}") + \
-            ("" if threads == 1 else f" --threads {threads}")
+        command = recipe_command(recipe, cfg, threads, full, fused_attention, autocast, compile, world)
         texts = {key: text.format(**asdict(cfg)) for key, text in recipe.texts.items()}
         train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), **texts,
                         "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
                         "eval": metrics}
         metric = recipe.metric(cfg)
         return register_checkpoint(recipe.name, result.ema_model, recipe=f"diffedu.recipes.{recipe.name}",
-                                   command=f"python -m diffedu.recipes {recipe.name}{options}",
+                                   command=command,
                                    train_config=train_config, seed=cfg.seed, steps=cfg.steps,
                                    wall_time_s=result.wall_time_s, metric=(metric, round(metrics[metric], 3)),
                                    directory=out, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train and register a shipped diffedu checkpoint.")
+    parser = argparse.ArgumentParser(description="Train and register a shipped diffedu checkpoint (also under "
+                                                 "torchrun --nproc_per_node=N: DDP, rank 0 registers).")
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the shipped files' "
                                                                "bytes are reproducible at a fixed count)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     parser.add_argument("--out", default=None, help="checkpoint directory (default: data/checkpoints)")
+    parser.add_argument("--full", action="store_true", help="the full-mode configuration (FULL_MODE; also "
+                                                            "DIFFEDU_FULL=1), meant for GPUs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field (repeatable), e.g. --set batch_size=64")
+    parser.add_argument("--fused-attention", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch's fused attention kernel (default: off; on in full mode)")
+    parser.add_argument("--autocast", choices=sorted(AUTOCAST) + ["none"], default=None,
+                        help="mixed-precision training (default: none; bf16 in full mode)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--losses", default=None, metavar="FILE",
+                        help="write the per-step losses and gradient norms to FILE (JSON)")
+    parser.add_argument("--backend", choices=["gloo", "nccl"], default=None,
+                        help="under torchrun: the process group's backend (default: nccl on CUDA, gloo on the CPU)")
     args = parser.parse_args(argv)
     recipe = RECIPES[args.name]
-    cfg = recipe.config() if args.steps is None else recipe.config(steps=args.steps)
-    entry = run_recipe(recipe, cfg, out=args.out, device=args.device, threads=args.threads)
-    print(f"registered {args.name}: {entry['file']} ({entry['size_bytes'] / 1e6:.2f} MB), "
-          f"{entry['metric']}, sha256 {entry['sha256'][:12]}")
+    full = args.full or full_mode()
+    fast = FULL_MODE[recipe.name] if full else FullMode(fused_attention=False, autocast=None)
+    overrides = {**(fast.overrides if full else {}), **parse_overrides(recipe.config, args.set)}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    cfg = recipe.config(**overrides)
+    device = args.device
+    if launched_by_torchrun():  # DDP: join the other ranks; this rank's device (cuda:LOCAL_RANK or cpu)
+        device = str(init_distributed(args.device, args.backend))
+    elif args.backend is not None:
+        raise ValueError(f"--backend {args.backend} needs several processes: start them with torchrun "
+                         f"--nproc_per_node=N -m diffedu.recipes ...")
+    fused = fast.fused_attention if args.fused_attention is None else args.fused_attention
+    autocast = fast.autocast if args.autocast is None else AUTOCAST_NAMES[args.autocast]
+    try:
+        entry = run_recipe(recipe, cfg, out=args.out, device=device, threads=args.threads, full=full,
+                           fused_attention=fused, autocast=autocast, compile=args.compile, losses=args.losses)
+    finally:
+        if launched_by_torchrun():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if entry is not None:
+        print(f"registered {args.name}: {entry['file']} ({entry['size_bytes'] / 1e6:.2f} MB), "
+              f"{entry['metric']}, sha256 {entry['sha256'][:12]}")
 
 
 if __name__ == "__main__":

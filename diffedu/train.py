@@ -7,10 +7,15 @@ AdamW step (with optional linear warm-up and gradient-norm clipping), then updat
 
 Runs repeat exactly: ``seed`` fixes the minibatches, the noise generator handed to ``loss_fn`` and torch's global
 generator (dropout). On the CPU two runs with the same seed give bitwise-identical losses.
+
+The same function trains on several processes when ``torchrun`` started them (DistributedDataParallel; see
+``diffedu.distributed``): the lines marked ``# DDP:`` split every global batch by rows across the ranks, and W
+processes follow the one-process loss trajectory up to float rounding. In one process those lines change nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -22,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import check_int, check_scalar
+from .distributed import check_same_on_all_ranks, check_world_fits, rank_and_world, row_sharded_ddp
 from .utils import pick_device, seed_everything
 
 Batch = Union[torch.Tensor, tuple[torch.Tensor, ...]]
@@ -119,6 +125,8 @@ def train(
     seed: int = 0,
     progress: bool = True,
     log_every: int | None = None,
+    autocast: torch.dtype | None = None,
+    compile: bool | str = False,
 ) -> TrainResult:
     """Train ``model`` for ``steps`` AdamW steps on minibatches of ``data``; returns the model and its EMA.
 
@@ -128,6 +136,15 @@ def train(
     The learning rate rises linearly over the first ``warmup_steps`` steps; gradients are clipped to total norm
     ``grad_clip`` (None: no clipping). ``log_every`` prints the mean loss of every that many steps.
     The model is moved to ``device`` (default :func:`~diffedu.utils.pick_device`) and left in eval mode.
+
+    Fast paths, off by default: ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs ``loss_fn`` under
+    ``torch.autocast`` (mixed precision: weights, gradients, AdamW and the EMA stay float32); ``compile`` runs the
+    net through ``torch.compile`` (True: its default backend, inductor; a string names another backend). The
+    attention kernel is a property of the net: ``diffedu.nets.unet.set_fused_attention``.
+
+    Under ``torchrun`` (a process group is initialised) every rank draws the same rows and the same noise, runs
+    the net on its ``batch_size / W`` rows, and DDP averages the gradients; ``batch_size`` must be divisible by W,
+    and ``loss_fn`` must call the net once per step, on tensors whose first dimension is the global batch.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -145,9 +162,20 @@ def train(
     check_int("seed", seed, 0)
     if log_every is not None:
         check_int("log_every", log_every, 1)
+    if autocast not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+    if not isinstance(compile, (bool, str)):
+        raise ValueError(f"compile must be True, False or the name of a torch.compile backend, got {compile!r}")
+    rank, world = rank_and_world()  # DDP: (0, 1) in one process
+    if world > 1:  # DDP: every rank must run the same training on equal shards
+        check_world_fits(batch_size, tensors[0].shape[0])
+        check_same_on_all_ranks("train's arguments and data", dict(
+            steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, ema_decay=ema_decay,
+            grad_clip=grad_clip, warmup_steps=warmup_steps, seed=seed, autocast=str(autocast), compile=compile,
+            data=[(list(t.shape), float(t.double().sum())) for t in tensors]))
 
     device = pick_device(device)
-    seed_everything(seed)  # torch's global generator drives dropout and similar layers
+    seed_everything(seed + rank)  # torch's global generator drives dropout; DDP: different masks on each rank
     model.to(device).train()
     tensors = tuple(t.to(device) for t in tensors)
     n = tensors[0].shape[0]
@@ -157,9 +185,13 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     ema = EMA(model, ema_decay)
     max_norm = grad_clip if grad_clip is not None else math.inf  # inf: measure the norm, never clip
+    net = model if not compile else torch.compile(model, **({} if compile is True else {"backend": compile}))
+    if world > 1:
+        net = row_sharded_ddp(net, device, batch_size)  # DDP: the net runs on this rank's rows of every batch
+    precision = torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext()
 
     result = TrainResult(model=model, ema_model=ema.model)
-    bar = tqdm(range(steps), desc="train", disable=not progress)
+    bar = tqdm(range(steps), desc="train", disable=not progress or rank != 0)  # DDP: rank 0 reports
     start = time.perf_counter()
     for step in bar:
         rows = torch.randint(n, (batch_size,), generator=batch_generator).to(device)
@@ -169,12 +201,13 @@ def train(
                 group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
 
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch, noise_generator)
+        with precision:
+            loss = loss_fn(net, batch, noise_generator)  # DDP: the global batch's loss, the same on every rank
         if not torch.is_tensor(loss) or loss.numel() != 1:
             raise ValueError("loss_fn must return a scalar tensor")
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; try a smaller lr or check loss_fn")
-        loss.backward()
+        loss.backward()  # DDP: averages the ranks' gradients, which makes the global batch's gradient
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
         ema.update(model)
@@ -183,7 +216,7 @@ def train(
         result.grad_norms.append(float(grad_norm))
         if progress and (step % 10 == 0 or step == steps - 1):
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}", refresh=False)
-        if log_every is not None and (step + 1) % log_every == 0:
+        if log_every is not None and (step + 1) % log_every == 0 and rank == 0:
             recent = result.losses[-log_every:]
             tqdm.write(f"step {step + 1:>6d}  loss {sum(recent) / len(recent):.4f}")
     bar.close()

@@ -4,6 +4,7 @@
     python scripts/benchmark.py --skip-chapters # only the training throughput
     python scripts/benchmark.py --samplers [--quick]   # add the chapter 5 sampler benchmark (issue 4)
     python scripts/benchmark.py --overhead      # only the per-step sampler overhead against diffusers
+    python scripts/benchmark.py --fast-paths    # only training speed vs diffusers, fused attention, 2 processes
 
 Rows: each chapter's execution time in quick mode (executed with nbclient, outputs discarded) and the sample-quality
 figure it reports; training steps/s of the MLP (2-D) and the UNet (8x8 digits) at batch 128.
@@ -47,6 +48,154 @@ def steps_per_second(model: torch.nn.Module, x: torch.Tensor, steps: int = 30) -
         ddpm_loss(model, x, schedule, generator=g).backward()
         optimizer.step()
     return steps / (time.perf_counter() - start)
+
+
+def diffusers_peer_unet(size: int) -> torch.nn.Module | None:
+    """diffusers' UNet2DModel with the very architecture of our ``UNet()`` (0.701 M parameters: 32 and 64 channels,
+    one residual block per level, attention at the lowest level and in the middle, 4 heads of 16, GroupNorm 8);
+    None if diffusers is not installed. It runs its attention through torch's fused kernel (AttnProcessor2_0)."""
+    try:
+        from diffusers import UNet2DModel
+    except Exception:  # optional, a test-only dependency
+        return None
+
+    class Peer(torch.nn.Module):
+        prediction = "eps"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+                                   layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                   up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                                   attention_head_dim=16)
+
+        def forward(self, x, t, cond=None):
+            return self.net(x, t * 1000).sample
+
+    return Peer()
+
+
+def training_speed_vs_diffusers(sizes: tuple[int, ...] = (8, 16, 28), batch: int = 128, threads: int = 2,
+                                rounds: int = 5, steps: int = 5) -> list[tuple[str, str, str, str]]:
+    """Training steps/s (DDPM eps loss + Adam, batch ``batch``, ``threads`` torch threads) of our ``UNet()`` with
+    the explicit and the fused attention, and of diffusers' ``UNet2DModel`` of the same architecture; ratios
+    ours/diffusers. Timed interleaved, best of ``rounds`` rounds of ``steps`` steps each (after 5 warm-up steps), so
+    drifting machine load hits all three alike and a loaded moment does not count."""
+    from diffedu.nets.unet import set_fused_attention
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
+    try:
+        for size in sizes:
+            torch.manual_seed(0)
+            x = torch.randn(batch, 1, size, size)
+            nets = {"explicit": UNet(), "fused": set_fused_attention(UNet(), True)}
+            peer = diffusers_peer_unet(size)
+            if peer is not None:
+                nets["diffusers"] = peer
+            best = {name: 0.0 for name in nets}
+            for _ in range(rounds):
+                for name, net in nets.items():
+                    best[name] = max(best[name], steps_per_second(net, x, steps=steps))
+            note = (f"diffusers {best['diffusers']:.2f} steps/s; ratio explicit "
+                    f"{best['explicit'] / best['diffusers']:.2f}, fused {best['fused'] / best['diffusers']:.2f} "
+                    f"(need >= 1.0)" if peer is not None else "diffusers missing")
+            rows.append((f"UNet train {size}x{size}, batch {batch}, {threads} threads",
+                         f"{best['explicit']:.2f} / {best['fused']:.2f} steps/s (explicit / fused)", note, ""))
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def text_unet_attention_speedup(batch: int = 64, threads: int = 2, rounds: int = 3,
+                                steps: int = 5) -> list[tuple[str, str, str, str]]:
+    """Training steps/s and evaluations/s of the text-to-image UNet (the text_shapes recipe's net, 16x16 RGB,
+    cross-attention at every level) with the explicit and the fused attention, batch ``batch``."""
+    from diffedu.nets.unet import set_fused_attention
+    from diffedu.recipes import TextShapesConfig, text_shapes_unet
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        cfg = TextShapesConfig()
+        nets = {"explicit": text_shapes_unet(cfg), "fused": set_fused_attention(text_shapes_unet(cfg), True)}
+        x, t = torch.randn(batch, 3, 16, 16), torch.rand(batch)
+        ids = nets["explicit"].tokenize(["a large red circle at the top left"] * batch)
+        schedule = linear_schedule()
+        train_best, eval_best = {k: 0.0 for k in nets}, {k: 0.0 for k in nets}
+        for _ in range(rounds):
+            for name, net in nets.items():
+                optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+                g = torch.Generator().manual_seed(0)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    optimizer.zero_grad()
+                    ddpm_loss(net, x, schedule, cond=ids, generator=g).backward()
+                    optimizer.step()
+                train_best[name] = max(train_best[name], steps / (time.perf_counter() - start))
+                with torch.no_grad():
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        net(x, t, ids)
+                eval_best[name] = max(eval_best[name], steps / (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(before)
+    return [(f"text-to-image UNet train, batch {batch}, {threads} threads",
+             f"{train_best['explicit']:.2f} / {train_best['fused']:.2f} steps/s (explicit / fused)",
+             f"fused speed-up {train_best['fused'] / train_best['explicit']:.2f}x", ""),
+            (f"text-to-image UNet forward, batch {batch}, {threads} threads",
+             f"{eval_best['explicit']:.1f} / {eval_best['fused']:.1f} evals/s (explicit / fused)",
+             f"fused speed-up {eval_best['fused'] / eval_best['explicit']:.2f}x", "")]
+
+
+DDP_STEPS = 60
+
+
+def ddp_worker(out: str, steps: int = DDP_STEPS) -> None:
+    """Train ddpm_digits' network (dropout 0, batch 128) for ``steps`` steps; rank 0 writes steps/s and losses.
+    Runs as one process, or as each rank under torchrun (``benchmark.py --ddp-worker OUT``)."""
+    from diffedu.distributed import init_distributed, launched_by_torchrun, rank_and_world
+    from diffedu.recipes import RECIPES
+    from diffedu.train import train
+
+    device = init_distributed("cpu") if launched_by_torchrun() else "cpu"
+    recipe = RECIPES["ddpm_digits"]
+    cfg = recipe.config(dropout=0.0, steps=steps)
+    torch.manual_seed(cfg.seed)
+    result = train(recipe.network(cfg), recipe.loss(cfg), recipe.data(cfg), steps=steps, batch_size=cfg.batch_size,
+                   lr=cfg.lr, warmup_steps=cfg.warmup_steps, device=device, seed=cfg.seed, progress=False)
+    if rank_and_world()[0] == 0:
+        Path(out).write_text(json.dumps({"steps_per_s": result.steps_per_s, "losses": result.losses}))
+
+
+def ddp_speed(rounds: int = 2) -> list[tuple[str, str, str, str]]:
+    """Steps/s of ddpm_digits' training (batch 128, dropout 0) on 1 process (1 and 2 threads) and on 2 processes
+    of 1 thread each (torchrun, gloo), and the largest difference between the 1- and 2-process loss trajectories."""
+    import subprocess
+    import tempfile
+
+    runs: dict[str, list[float]] = {}
+    losses = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for label, threads, launcher in (("1 process, 1 thread", 1, []), ("1 process, 2 threads", 2, []),
+                                             ("2 processes, 1 thread each", 1,
+                                              ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
+                out = Path(tmp) / "out.json"
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                subprocess.run([sys.executable, *launcher, str(Path(__file__).resolve()), "--ddp-worker", str(out)],
+                               check=True, env=env, capture_output=True)
+                report = json.loads(out.read_text())
+                runs.setdefault(label, []).append(report["steps_per_s"])
+                losses[label] = report["losses"]
+    one = losses["1 process, 1 thread"]
+    diff = max(abs(a - b) for a, b in zip(one, losses["2 processes, 1 thread each"]))
+    base = max(runs["1 process, 1 thread"])
+    return [(f"ddpm_digits train, batch 128, {label}", f"{max(v):.2f} steps/s", f"x{max(v) / base:.2f}",
+             f"max |loss - 1-process loss| over {DDP_STEPS} steps: {diff:.1e}" if "2 processes" in label else "")
+            for label, v in runs.items()]
 
 
 def run_chapter(path: Path) -> tuple[float, str]:
@@ -193,7 +342,19 @@ def main() -> None:
     parser.add_argument("--samplers", action="store_true", help="add the chapter 5 sampler benchmark")
     parser.add_argument("--quick", action="store_true", help="with --samplers: fewer NFE budgets")
     parser.add_argument("--overhead", action="store_true", help="only the per-step sampler overhead vs diffusers")
+    parser.add_argument("--fast-paths", action="store_true", help="only training speed vs diffusers, the fused "
+                                                                   "attention and 2 processes")
+    parser.add_argument("--ddp-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ddp_worker:
+        ddp_worker(args.ddp_worker)
+        return
+    if args.fast_paths:  # each row as soon as it is measured
+        for size in (8, 16, 28):
+            print(" | ".join(training_speed_vs_diffusers(sizes=(size,))[0]), flush=True)
+        for row in text_unet_attention_speedup() + ddp_speed():
+            print(" | ".join(row), flush=True)
+        return
     if args.overhead:
         for row in per_step_overhead():
             print(" | ".join(row))
@@ -212,6 +373,7 @@ def main() -> None:
     rows.append(("MLPDenoiser train, batch 128 (2-D)", f"{mlp:.0f} steps/s", "", ""))
     unet = steps_per_second(UNet(), torch.randn(128, 1, 8, 8))
     rows.append(("UNet train, batch 128 (1x8x8)", f"{unet:.1f} steps/s", "", ""))
+    rows += training_speed_vs_diffusers() + text_unet_attention_speedup() + ddp_speed()
     for name, entry in read_manifest().items():
         metric = entry["metric"]
         rows.append((f"checkpoint {name}", f"{entry['size_bytes'] / 1e6:.2f} MB",

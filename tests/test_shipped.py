@@ -66,7 +66,8 @@ def test_shipped_cfg_model_follows_its_labels():
 @pytest.mark.slow
 def test_cfg_recipe_runs_end_to_end_into_a_temporary_folder(tmp_path):
     entry = cfg_digits(DigitsCFGConfig(steps=3, eval_per_class=1, eval_steps=2), out=str(tmp_path), device="cpu")
-    assert entry["command"] == "python -m diffedu.recipes cfg_digits --steps 3"
+    assert entry["command"] == ("python -m diffedu.recipes cfg_digits --steps 3 --set eval_per_class=1 "
+                                "--set eval_steps=2")  # every field that differs from the recipe's defaults
     assert set(entry["train_config"]["eval"]) >= {"accuracy_s0", "accuracy_s1", "accuracy_s2", "pixel_fd_s2"}
 
 
@@ -76,7 +77,8 @@ def test_ncsn_recipe_runs_end_to_end_into_a_temporary_folder(tmp_path):
     entry = ncsn_digits(cfg, out=str(tmp_path), device="cpu")
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["ncsn_digits"]["sha256"] == entry["sha256"]
-    assert entry["command"] == "python -m diffedu.recipes ncsn_digits --steps 3"
+    assert entry["command"] == ("python -m diffedu.recipes ncsn_digits --steps 3 --set eval_samples=4 "
+                                "--set eval_levels=2 --set eval_steps_each=2")
     assert entry["config"]["name"] == "InputScaled"
     assert set(entry["train_config"]["eval"]) >= {"pixel_fd", "confident_fraction"}
 
@@ -86,7 +88,7 @@ def test_recipe_runs_end_to_end_into_a_temporary_folder(tmp_path):
     entry = ddpm_digits(DigitsDDPMConfig(steps=3, eval_samples=4), out=str(tmp_path), device="cpu")
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["ddpm_digits"]["sha256"] == entry["sha256"]
-    assert entry["command"] == "python -m diffedu.recipes ddpm_digits --steps 3"
+    assert entry["command"] == "python -m diffedu.recipes ddpm_digits --steps 3 --set eval_samples=4"
     assert set(entry["train_config"]["eval"]) >= {"pixel_fd", "test_bpd", "confident_fraction"}
 
 
@@ -104,5 +106,6 @@ def test_a_recipe_run_twice_writes_the_same_bytes(tmp_path):
     machine = first["machine"]
     assert machine["threads"] == 1 and machine["deterministic_algorithms"] is True
     assert machine["torch"] == torch.__version__ and machine["cpu_capability"]
-    assert first["command"] == "python -m diffedu.recipes classifier_digits --steps 20"
+    assert first["command"] == ("python -m diffedu.recipes classifier_digits --steps 20 --set batch_size=32 "
+                                "--set eval_times=0.0")  # the command that remakes these very bytes
     assert torch.get_num_threads() >= 1 and not torch.are_deterministic_algorithms_enabled()  # restored after

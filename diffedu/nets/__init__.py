@@ -9,12 +9,13 @@ from typing import Any
 
 from torch import nn
 
+from .autocast import Autocast
 from .embeddings import PREDICTIONS, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
 from .mlp import MLPDenoiser
 from .classifier import NoisyClassifier
 from .precond import InputScaled
 from .text import TextEncoder, TextToImageUNet, Tokenizer
-from .unet import UNet
+from .unet import UNet, set_fused_attention
 from .tangent import TangentMLP
 
 #: Network classes by name, as written in ``config["name"]``.
@@ -40,5 +41,6 @@ def build_net(config: dict[str, Any]) -> nn.Module:
         raise ValueError(f"config has an argument {config['name']} does not take: {error}") from None
 
 
-__all__ = ["PREDICTIONS", "NETS", "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
+__all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
+           "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
            "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP", "build_net"]

@@ -170,7 +170,11 @@ class TextToImageUNet(nn.Module):
 
     def cross_attention_maps(self) -> list[torch.Tensor]:
         """The attention weights (B, heads, H*W, T) of every cross-attention block in the last forward call, in
-        the order the blocks ran (down path, middle, up path)."""
+        the order the blocks ran (down path, middle, up path). Only the explicit attention keeps them: after
+        ``set_fused_attention(net, True)`` this raises a RuntimeError."""
         blocks = [b for level in self.unet.down_cross for b in level] + [self.unet.mid_cross] + \
                  [b for level in self.unet.up_cross for b in level]
+        if any(b.fused for b in blocks):
+            raise RuntimeError("the fused attention keeps no weights: call set_fused_attention(net, False) and run "
+                               "the net again to record its cross-attention maps")
         return [b.last_weights for b in blocks if b.last_weights is not None]

@@ -71,8 +71,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     return v @ weights.transpose(-1, -2), weights                   # (B, heads, d, N), (B, heads, N, M)
 
 
+def heads_first(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, heads * d) -> (B, heads, N, d): the layout of torch's fused attention kernel (d contiguous, as the CPU
+    flash kernel needs; with another layout torch falls back to the explicit math)."""
+    B, N, C = tokens.shape
+    return tokens.reshape(B, N, num_heads, C // num_heads).transpose(1, 2)
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The outputs of :func:`attention` from torch's fused kernel ``F.scaled_dot_product_attention`` (flash
+    attention: the (N, M) weights are never stored). q: (B, heads, N, d); k, v: (B, heads, M, d); returns
+    (B, N, heads * d), the heads concatenated."""
+    h = F.scaled_dot_product_attention(q, k, v)                     # (B, heads, N, d)
+    return h.transpose(1, 2).flatten(2)                             # (B, N, heads * d)
+
+
+def conv1x1(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv applied to tokens (B, N, C_in) as the matmul it is, with its own weights: (B, N, C_out)."""
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
 class AttentionBlock(nn.Module):
-    """x + W_o MultiHead(GN(x)) over the H*W positions: softmax(Q K^T / sqrt(d)) V (Vaswani et al., 2017, Eq. 1)."""
+    """x + W_o MultiHead(GN(x)) over the H*W positions: softmax(Q K^T / sqrt(d)) V (Vaswani et al., 2017, Eq. 1).
+
+    With ``fused`` (default False; :func:`set_fused_attention`) the same block runs on torch's fused kernel.
+    """
+
+    fused = False
 
     def __init__(self, channels: int, num_heads: int, groups: int) -> None:
         super().__init__()
@@ -83,11 +108,21 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
+        if self.fused:
+            return x + self.fused_branch(x)                                  # (B, C, H, W)
         d = C // self.num_heads
         qkv = self.qkv(self.norm(x))                                         # (B, 3C, H, W)
         q, k, v = qkv.reshape(B, 3, self.num_heads, d, H * W).unbind(dim=1)  # (B, heads, d, HW) each
         h, _ = attention(q, k, v)                                            # (B, heads, d, HW)
         return x + self.proj_out(h.reshape(B, C, H, W))                      # (B, C, H, W)
+
+    def fused_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """W_o MultiHead(GN(x)) by torch's fused kernel, on tokens (B, HW, C): same weights, same formula."""
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)                     # (B, HW, C)
+        q, k, v = conv1x1(self.qkv, tokens).chunk(3, dim=-1)                 # (B, HW, C) each
+        h = fused_attention(*(heads_first(a, self.num_heads) for a in (q, k, v)))  # (B, HW, C)
+        return conv1x1(self.proj_out, h).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -95,8 +130,11 @@ class CrossAttentionBlock(nn.Module):
     (Rombach et al., 2022, Sec. 3.3, eq. 3: softmax(Q K^T / sqrt(d)) V with Q from the image, K and V from the text).
 
     The attention weights of the last call are kept in ``last_weights`` (B, heads, H*W, T), detached, so that a
-    chapter can show which pixels listen to which word.
+    chapter can show which pixels listen to which word. With ``fused`` (default False; :func:`set_fused_attention`)
+    the same block runs on torch's fused kernel, which computes no weights: ``last_weights`` is then None.
     """
+
+    fused = False
 
     def __init__(self, channels: int, context_dim: int, num_heads: int, groups: int) -> None:
         super().__init__()
@@ -110,6 +148,9 @@ class CrossAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
+        if self.fused:                                 # torch's fused kernel: the same outputs, no weights
+            self.last_weights = None
+            return x + self.fused_branch(x, context)
         T, d = context.shape[1], C // self.num_heads
         q = self.to_q(self.norm(x)).reshape(B, self.num_heads, d, H * W)           # (B, heads, d, HW)
         k = self.to_k(context).reshape(B, T, self.num_heads, d).permute(0, 2, 3, 1)  # (B, heads, d, T)
@@ -117,6 +158,29 @@ class CrossAttentionBlock(nn.Module):
         h, weights = attention(q, k, v)                                             # (B, heads, d, HW)
         self.last_weights = weights.detach()                                        # (B, heads, HW, T)
         return x + self.proj_out(h.reshape(B, C, H, W))                             # (B, C, H, W)
+
+    def fused_branch(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """W_o MultiHead(GN(x), context) by torch's fused kernel, on tokens (B, HW, C): same weights and formula."""
+        B, C, H, W = x.shape
+        q = conv1x1(self.to_q, self.norm(x).flatten(2).transpose(1, 2))     # (B, HW, C)
+        k, v = self.to_k(context), self.to_v(context)                      # (B, T, C) each
+        h = fused_attention(*(heads_first(a, self.num_heads) for a in (q, k, v)))  # (B, HW, C)
+        return conv1x1(self.proj_out, h).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+
+
+def set_fused_attention(net: nn.Module, fused: bool = True) -> nn.Module:
+    """Run every attention block of ``net`` on torch's fused ``scaled_dot_product_attention`` (``fused=True``), or
+    on the explicit formula :func:`attention` (``False``, the default: the code the book prints, the one the
+    shipped checkpoints were trained with, and the only one that keeps chapter 12's cross-attention maps). The two
+    agree to float rounding; the fused kernel is faster and needs no (N, M) weight matrix. Returns ``net``."""
+    if not isinstance(fused, bool):
+        raise ValueError(f"fused must be True or False, got {fused!r}")
+    if not isinstance(net, nn.Module):
+        raise ValueError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+    for module in net.modules():
+        if isinstance(module, (AttentionBlock, CrossAttentionBlock)):
+            module.fused = fused
+    return net
 
 
 class Downsample(nn.Module):
