@@ -115,8 +115,8 @@ def progressive_loss(student: Callable, teacher: Callable, x0: Tensor, schedule:
 class ProgressiveDistillation:
     """``loss_fn(student, x0, generator)`` for one round of progressive distillation (for ``diffedu.train``).
 
-    Checks once: ``student_steps`` >= 1 with 2 x student_steps <= N; a teacher distilled before (a
-    ``StepStudent``) must be the 2K-step one; a teacher with another chain (``schedule`` attribute) is refused.
+    Checks: ``student_steps`` >= 1 with 2 x student_steps <= N; a teacher distilled before (a ``StepStudent``)
+    must be the 2K-step one and predict what the student predicts; a teacher on another chain is refused.
     """
 
     def __init__(self, teacher: nn.Module, schedule: DiscreteSchedule, student_steps: int):
@@ -133,6 +133,9 @@ class ProgressiveDistillation:
         if prediction_of(student) == "eps":
             raise ValueError("student must predict 'v' or 'x0': an eps student cannot take few steps "
                              "(x0 = (x - sigma eps) / alpha amplifies its error by 1 / alpha near t = 1)")
+        if getattr(self.teacher, "steps", None) is not None and prediction_of(self.teacher) != prediction_of(student):
+            raise ValueError(f"student must predict what its distilled teacher predicts "
+                             f"({prediction_of(self.teacher)!r}), got {prediction_of(student)!r}")
         return progressive_loss(student, self.teacher.to(x0.device), x0, self.schedule, self.student_steps,
                                 generator)
 

@@ -249,6 +249,9 @@ def test_bad_input_raises_value_errors_naming_the_argument():
         distill.ProgressiveDistillation(gaussian_teacher(linear_schedule(N=500)), SCHEDULE, 2)
     with pytest.raises(ValueError, match="student must predict"):
         distill.ProgressiveDistillation(gaussian_teacher(), SCHEDULE, 2)(MLPDenoiser(2), torch.randn(4, 2))
+    x0_student = StepStudent(MLPDenoiser(2, prediction="x0").config, 2)
+    with pytest.raises(ValueError, match="student must predict what its distilled teacher predicts"):
+        distill.ProgressiveDistillation(student, SCHEDULE, 2)(x0_student, torch.randn(4, 2))
     with pytest.raises(ValueError, match="must predict 'v' or 'x0'"):
         StepStudent(MLPDenoiser(2).config, 4)
     with pytest.raises(ValueError, match="rounds"):
