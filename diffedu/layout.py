@@ -21,7 +21,7 @@ import ast
 from nbformat import NotebookNode
 
 HIDE_TAG = "hide-input"
-MIN_PLOT_LINES = 6
+MIN_PLOT_LINES = 10
 PLOT_ROOTS = frozenset({"plt", "viz", "mpl", "matplotlib"})
 PROMPTS = {
     "solution": ("Show solution", "Hide solution"),
