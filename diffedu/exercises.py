@@ -104,8 +104,8 @@ def solution_cells(nb: NotebookNode, name: str = "notebook") -> list[int]:
 BOOK_ONLY = re.compile(r"\s*<!-- BEGIN BOOK ONLY -->.*?<!-- END BOOK ONLY -->", re.DOTALL)
 COLAB_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\((https://colab\.research\.google\.com/[^)]*)\)")
 REMOTE_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
-STUDENT_NOTE = """**Student version.** Write your answer in place of each `# YOUR CODE HERE` (and delete the
-`raise NotImplementedError()` under it). Run the whole notebook from the top (*Run All*) before you trust a
+STUDENT_NOTE = """**Student version.** Write your answer in place of each `# YOUR CODE HERE`, and delete the
+line under it that raises an error. Run the whole notebook from the top (*Run All*) before you trust a
 check: each check cell uses what the cells above it computed. A check that passes prints nothing; one that fails
 stops with an `AssertionError` that says what is wrong. Do not edit the check cells: grading runs the original
 ones."""

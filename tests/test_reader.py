@@ -225,8 +225,9 @@ def test_colab_badge_is_served_by_the_book(path):
 def test_chapter_ends_with_further_reading(path):
     nb = nbformat.read(path, as_version=4)
     markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    last = markdown[-1]
-    assert last.startswith("## Further reading"), f"{path.name}: the last cell must be '## Further reading'"
+    sections = re.split(r"^(?=## )", markdown[-1], flags=re.MULTILINE)
+    last = sections[-1]
+    assert last.startswith("## Further reading"), f"{path.name}: the chapter must end with '## Further reading'"
     items = [line for line in last.splitlines() if line.startswith("- ")]
     assert 3 <= len(items) <= 5, f"{path.name}: {len(items)} further-reading items (3-5)"
     for item in items:
