@@ -222,9 +222,19 @@ def cfg_digits_loss(cfg: DigitsCFGConfig) -> LossFn:
     network learns p(x | y) and p(x) at once (Ho & Salimans 2022)."""
     schedule = linear_schedule(N=cfg.N)
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], g: torch.Generator) -> torch.Tensor:
-        x, y = batch                                           # (B, 1, 8, 8) images, (B,) labels
-        return ddpm_loss(m, x, schedule, cond=drop_labels(y, cfg.p_uncond, 10, generator=g), generator=g)
+    def loss_fn(
+        m: nn.Module,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        g: torch.Generator,
+    ) -> torch.Tensor:
+        x, y = batch  # (B, 1, 8, 8) images, (B,) labels
+        return ddpm_loss(
+            m,
+            x,
+            schedule,
+            cond=drop_labels(y, cfg.p_uncond, 10, generator=g),
+            generator=g,
+        )
 
     return loss_fn
 
@@ -351,10 +361,19 @@ def text_shapes_loss(cfg: TextShapesConfig) -> LossFn:
     ``<pad>``), so one network learns p(x | caption) and p(x) at once."""
     schedule = linear_schedule()
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], g: torch.Generator) -> torch.Tensor:
-        x, ids = batch                                         # (B, 3, 16, 16) images, (B, T) token ids
-        return ddpm_loss(m, x, schedule, cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
-                         generator=g)
+    def loss_fn(
+        m: nn.Module,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        g: torch.Generator,
+    ) -> torch.Tensor:
+        x, ids = batch  # (B, 3, 16, 16) images, (B, T) token ids
+        return ddpm_loss(
+            m,
+            x,
+            schedule,
+            cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
+            generator=g,
+        )
 
     return loss_fn
 
