@@ -74,8 +74,15 @@ def student_grid(student: nn.Module, schedule: DiscreteSchedule, steps: int) -> 
 
 
 @torch.no_grad()
-def progressive_target(teacher: Callable, z_i: Tensor, i: Tensor, m: Tensor, j: Tensor,
-                       schedule: DiscreteSchedule, cond: Tensor | None = None) -> Tensor:
+def progressive_target(
+    teacher: Callable,
+    z_i: Tensor,
+    i: Tensor,
+    m: Tensor,
+    j: Tensor,
+    schedule: DiscreteSchedule,
+    cond: Tensor | None = None,
+) -> Tensor:
     """x~ such that one DDIM step i -> j from z_i with x0-hat = x~ lands where two teacher steps i -> m -> j do.
 
     Salimans & Ho 2022, Alg. 2: z_m and z_j are the teacher's DDIM steps (eq. 12 with eta = 0), and
@@ -88,27 +95,35 @@ def progressive_target(teacher: Callable, z_i: Tensor, i: Tensor, m: Tensor, j: 
     t_m, alpha_m, sigma_m = chain_coefficients(schedule, m, z_i)
     _, alpha_j, sigma_j = chain_coefficients(schedule, j, z_i)
     x0, eps = predict_x0_eps_at(teacher, z_i, t_i, alpha_i, sigma_i, cond)
-    z_m = alpha_m * x0 + sigma_m * eps                                     # teacher step i -> m
+    z_m = alpha_m * x0 + sigma_m * eps  # teacher step i -> m
     x0, eps = predict_x0_eps_at(teacher, z_m, t_m, alpha_m, sigma_m, cond)
-    z_j = alpha_j * x0 + sigma_j * eps                                     # teacher step m -> j
+    z_j = alpha_j * x0 + sigma_j * eps  # teacher step m -> j
     ratio = sigma_j / sigma_i
     return (z_j - ratio * z_i) / (alpha_j - ratio * alpha_i)
 
 
-def progressive_loss(student: Callable, teacher: Callable, x0: Tensor, schedule: DiscreteSchedule,
-                     student_steps: int, generator: torch.Generator | None = None,
-                     cond: Tensor | None = None) -> Tensor:
+def progressive_loss(
+    student: Callable,
+    teacher: Callable,
+    x0: Tensor,
+    schedule: DiscreteSchedule,
+    student_steps: int,
+    generator: torch.Generator | None = None,
+    cond: Tensor | None = None,
+) -> Tensor:
     """Salimans & Ho 2022, Alg. 2: a random student step k of K, its x0 against the teacher's two-step target,
     weighted by max(SNR_i, 1) (the truncated-SNR weighting, their eq. 10)."""
-    grid = index_grid(schedule, 2 * student_steps).to(x0.device)          # the teacher's 2K + 1 indices
-    k = torch.randint(student_steps, (x0.shape[0],), generator=generator, device=x0.device)  # (B,)
-    i, m, j = grid[2 * k], grid[2 * k + 1], grid[2 * k + 2]
+    # the teacher's 2K + 1 indices; student step k is i -> j, via m
+    grid = index_grid(schedule, 2 * student_steps).to(x0.device)
+    B, dev, dt = x0.shape[0], x0.device, x0.dtype
+    k = torch.randint(student_steps, (B,), generator=generator, device=dev)
+    i, m, j = grid[2 * k], grid[2 * k + 1], grid[2 * k + 2]  # (B,) each
     t_i, alpha_i, sigma_i = chain_coefficients(schedule, i, x0)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
     z_i = alpha_i * x0 + sigma_i * eps
     x_target = progressive_target(teacher, z_i, i, m, j, schedule, cond)
     x0_hat = predict_x0_eps_at(student, z_i, t_i, alpha_i, sigma_i, cond)[0]
-    weight = (alpha_i ** 2 / sigma_i ** 2).clamp(min=1.0)                  # max(SNR, 1)
+    weight = (alpha_i**2 / sigma_i**2).clamp(min=1.0)  # max(SNR, 1)
     return (weight * (x0_hat - x_target) ** 2).mean()
 
 
@@ -219,22 +234,34 @@ class ConsistencyLoss:
         self.updates += 1
         return self.target
 
-    def __call__(self, f_theta: nn.Module, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self,
+        f_theta: nn.Module,
+        x0: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         if prediction_of(f_theta) != "x0":
-            raise ValueError("f_theta must be a consistency model (prediction 'x0': nets.ConsistencyModel)")
-        target = self.update_target(f_theta)
-        grid = self.grid.to(x0.device)
-        n = torch.randint(len(grid) - 1, (x0.shape[0],), generator=generator, device=x0.device)  # (B,)
-        i, j = grid[n], grid[n + 1]
+            raise ValueError(
+                "f_theta must be a consistency model "
+                "(prediction 'x0': nets.ConsistencyModel)"
+            )
+        target = self.update_target(f_theta)  # theta- <- EMA of theta
+        B, dev, dt = x0.shape[0], x0.device, x0.dtype
+        grid = self.grid.to(dev)
+        n = torch.randint(len(grid) - 1, (B,), generator=generator, device=dev)
+        i, j = grid[n], grid[n + 1]  # (B,) adjacent levels, i noisier
         t_i, alpha_i, sigma_i = chain_coefficients(self.schedule, i, x0)
         t_j, alpha_j, sigma_j = chain_coefficients(self.schedule, j, x0)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=dt)
         x_i = alpha_i * x0 + sigma_i * eps
         with torch.no_grad():
-            if self.teacher is None:                                       # CT: the same noise one level down
+            if self.teacher is None:  # CT: the same noise one level down
                 x_j = alpha_j * x0 + sigma_j * eps
-            else:                                                          # CD: one teacher DDIM step
-                x0_t, eps_t = predict_x0_eps_at(self.teacher.to(x0.device), x_i, t_i, alpha_i, sigma_i)
+            else:  # CD: one teacher DDIM step
+                teacher = self.teacher.to(dev)
+                x0_t, eps_t = predict_x0_eps_at(
+                    teacher, x_i, t_i, alpha_i, sigma_i
+                )
                 x_j = alpha_j * x0_t + sigma_j * eps_t
             f_target = target(x_j, t_j)
         return ((f_theta(x_i, t_i) - f_target) ** 2).mean()

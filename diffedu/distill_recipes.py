@@ -14,6 +14,7 @@ the held-out digits, the digit reader's confident-read rate, and the FD in the f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 import torch
@@ -105,11 +106,17 @@ def noise_for_eval(n: int, device: torch.device | str) -> torch.Tensor:
     return torch.randn(n, 1, 8, 8, generator=torch.Generator(device).manual_seed(5), device=device)
 
 
+@lru_cache(maxsize=1)
+def held_out_digits() -> torch.Tensor:
+    """The held-out split, read once (``load_digits`` takes about half a second)."""
+    return load_digits(split="test").x
+
+
 @torch.no_grad()
 def sample_scores(x: torch.Tensor) -> dict[str, float]:
     """Pixel FD to the held-out digits, the reader's confident share, feature-space FD (chapter 11)."""
     x = x.clamp(-1, 1).cpu()
-    test = load_digits(split="test").x
+    test = held_out_digits()
     flat = lambda v: v.reshape(len(v), -1)
     return {"pixel_fd": frechet_distance(flat(x), flat(test)),
             "read": digits_classifier().summary(x)["confident_fraction"],

@@ -88,11 +88,18 @@ class ConsistencyModel(nn.Module):
         log_ab = (1 - w) * self.log_alpha_bars[lo] + w * self.log_alpha_bars[lo + 1]
         return torch.sqrt(torch.expm1(-log_ab))                             # sqrt((1 - a) / a)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype).expand(x.shape[0])    # (B,)
-        s = self.sigma_tilde(t).reshape(-1, *([1] * (x.dim() - 1)))                # (B, 1, ...)
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+        t = t.expand(x.shape[0])  # (B,)
+        s = self.sigma_tilde(t).reshape(-1, *([1] * (x.dim() - 1)))  # (B,1,..)
         d, s_min = self.sigma_data, self.sigma_min
-        c_skip = d ** 2 / ((s - s_min) ** 2 + d ** 2)
-        c_out = d * (s - s_min) / torch.sqrt(d ** 2 + s ** 2)
-        x_tilde = x * torch.sqrt(1 + s ** 2)                                # x / alpha
-        return (c_skip * x_tilde).to(x.dtype) + c_out.to(x.dtype) * self.inner(x, t, cond)
+        c_skip = d**2 / ((s - s_min) ** 2 + d**2)
+        c_out = d * (s - s_min) / torch.sqrt(d**2 + s**2)
+        x_tilde = x * torch.sqrt(1 + s**2)  # x / alpha
+        F = self.inner(x, t, cond)  # the free network
+        return (c_skip * x_tilde).to(x.dtype) + c_out.to(x.dtype) * F
