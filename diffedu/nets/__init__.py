@@ -17,11 +17,12 @@ from .precond import InputScaled
 from .text import TextEncoder, TextToImageUNet, Tokenizer
 from .unet import UNet, set_fused_attention
 from .tangent import TangentMLP
+from .video import TemporalAttention, TextToVideoUNet
 
 #: Network classes by name, as written in ``config["name"]``.
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
                                     "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet,
-                                    "TangentMLP": TangentMLP}
+                                    "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
@@ -43,4 +44,5 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 
 __all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
            "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
-           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP", "build_net"]
+           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP", "TemporalAttention",
+           "TextToVideoUNet", "build_net"]
