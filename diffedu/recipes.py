@@ -374,8 +374,9 @@ class TextVideoConfig(DigitsTrainConfig):
     sampled alone by the image path, from the still caption) and reads them with ``ClipProbe``.
     """
 
-    steps: int = 5_000
+    steps: int = 3_500
     batch_size: int = 8
+    lr: float = 2e-3
     base_channels: int = 16
     channel_mults: tuple[int, ...] = (1, 2, 2)
     dropout: float = 0.0
@@ -385,7 +386,7 @@ class TextVideoConfig(DigitsTrainConfig):
     temporal_levels: tuple[int, ...] = (1, 2)
     p_uncond: float = 0.1
     eval_per_caption: int = 4
-    eval_steps: int = 50
+    eval_steps: int = 25
     eval_eta: float = 1.0
     eval_scale: float = 3.0
 
@@ -554,7 +555,7 @@ FULL_MODE: dict[str, FullMode] = {
     "cfg_digits": FullMode(dict(steps=32_000, batch_size=256, eval_per_class=200)),
     "classifier_digits": FullMode(dict(steps=32_000, batch_size=256)),
     "text_shapes": FullMode(dict(steps=48_000, batch_size=256, train_images=80_000, eval_per_caption=32)),
-    "text_video": FullMode(dict(steps=20_000, batch_size=64, train_clips=24_000, eval_per_caption=16)),
+    "text_video": FullMode(dict(steps=14_000, batch_size=64, train_clips=24_000, eval_per_caption=16)),
 }
 """Full-mode configurations of every shipped model (4x the steps or more, batch 256, the fast paths on)."""
 
