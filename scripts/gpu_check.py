@@ -44,9 +44,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def recipe_parts(name: str, batch: int) -> tuple[Any, Any, Any]:
-    """The recipe's config (text_shapes with just enough images), training data and loss."""
+    """The recipe's config (text_shapes and text_video with just enough images or clips), training data and loss."""
     recipe = RECIPES[name]
-    cfg = recipe.config(train_images=max(batch, 512)) if name == "text_shapes" else recipe.config()
+    small = {"text_shapes": dict(train_images=max(batch, 512)), "text_video": dict(train_clips=max(batch, 64))}
+    cfg = recipe.config(**small.get(name, {}))
     return cfg, recipe.data(cfg), recipe.loss(cfg)
 
 
