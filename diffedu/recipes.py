@@ -374,7 +374,7 @@ class TextVideoConfig(DigitsTrainConfig):
     sampled alone by the image path, from the still caption) and reads them with ``ClipProbe``.
     """
 
-    steps: int = 3_500
+    steps: int = 2_500
     batch_size: int = 8
     lr: float = 2e-3
     base_channels: int = 16

@@ -120,10 +120,9 @@ def render_clips(specs: list[ClipSpec], frames: int = MAX_FRAMES,
     Every frame is rendered like chapter 12's images (``diffedu.shapes.render``): each pixel's colour is the
     shape's colour times the fraction of its 4x4 sub-pixels inside the shape; the radius varies by +-5 % per clip.
     """
-    for name, value, choices in (("shape", "shape", SHAPES), ("colour", "colour", COLOURS),
-                                 ("direction", "direction", DIRECTIONS), ("speed", "speed", tuple(SPEEDS))):
-        for spec in specs:
-            check_choice(name, getattr(spec, value), choices)
+    for spec in specs:
+        for name, choices in (("shape", SHAPES), ("colour", COLOURS), ("direction", DIRECTIONS), ("speed", SPEEDS)):
+            check_choice(name, getattr(spec, name), tuple(choices))
     paths = centre_paths(specs, frames, generator)                               # (N, F, 2)
     scales = 1 + (torch.rand(len(specs), generator=generator) * 2 - 1) * 0.05     # (N,)
     S = IMAGE_SIZE * SUPERSAMPLE

@@ -225,3 +225,14 @@ def test_bad_input_raises_value_errors_that_name_the_argument():
         check_clips(torch.zeros(2, 3, 10, 16, 16))
     with pytest.raises(ValueError, match="captions must have one entry per clip"):
         clip_probe().agreement(torch.zeros(2, 3, 8, 16, 16), ["a red circle moving up"])
+
+
+def test_the_shipped_model_is_its_own_image_model_on_one_frame():
+    from diffedu.pretrained import load_pretrained
+
+    model = load_pretrained("text_video")
+    assert model.config["max_frames"] == MAX_FRAMES and not model.training
+    x, t = torch.randn(2, 3, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.3, 0.8])
+    cond = model.tokenize(["a red circle", "a yellow square moving left"])
+    with torch.no_grad():
+        assert torch.equal(model(x, t, cond)[:, :, 0], model.image(x[:, :, 0], t, cond))
