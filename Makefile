@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install book test chapter student benchmark clean
+.PHONY: install book test chapter student grade benchmark clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,12 +32,19 @@ chapter: install
 	@test -n "$(N)" || (echo "usage: make chapter N=05" && exit 2)
 	$(PY) scripts/make_chapter.py $(N)
 
+# Student versions of every chapter into student/ (COLAB_BASE=https://github.com/ORG/REPO/blob/BRANCH/FOLDER: where
+# you publish them, so that their Colab badges open them there).
 student: install
-	$(PY) -m diffedu.exercises chapters student
+	$(PY) -m diffedu.exercises chapters student $(if $(COLAB_BASE),--colab-base $(COLAB_BASE))
+
+# Grade submitted/<student>/<chapter>.ipynb into a per-exercise table (printed, and written to grades.csv).
+SUBMITTED ?= submitted
+grade: install
+	OMP_NUM_THREADS=1 $(PY) -m diffedu.grade $(SUBMITTED) --source chapters --csv grades.csv
 
 benchmark: install
 	$(PY) scripts/benchmark.py
 	$(PY) scripts/benchmark_manifold.py
 
 clean:
-	rm -rf _build student
+	rm -rf _build student grades.csv

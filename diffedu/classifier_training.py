@@ -60,8 +60,13 @@ def noise_images(schedule: NoiseSchedule, x0: Tensor, t: Tensor,
     return alpha * x0 + sigma * eps
 
 
-def noisy_classifier_loss(classifier: Callable[[Tensor, Tensor], Tensor], x0: Tensor, y: Tensor,
-                          schedule: NoiseSchedule, generator: torch.Generator | None = None) -> Tensor:
+def noisy_classifier_loss(
+    classifier: Callable[[Tensor, Tensor], Tensor],
+    x0: Tensor,
+    y: Tensor,
+    schedule: NoiseSchedule,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Cross-entropy of a noise-aware classifier on noised data (Dhariwal & Nichol 2021, Sec. 4), a scalar.
 
     Draws t as :func:`sample_times` does, then eps ~ N(0, I) (in that order, from ``generator``), forms
@@ -74,9 +79,11 @@ def noisy_classifier_loss(classifier: Callable[[Tensor, Tensor], Tensor], x0: Te
     """
     check_finite("x0", x0)
     y = _check_labels(y, x0)
-    t = sample_times(schedule, x0.shape[0], generator, x0.device)                                 # (B,) float64
-    x_t = noise_images(schedule, x0, t, generator)                                                # (B, ...)
-    logits = classifier(x_t, t.to(device=x0.device, dtype=x0.dtype))                             # (B, C)
+    t = sample_times(
+        schedule, x0.shape[0], generator, x0.device
+    )  # (B,) float64
+    x_t = noise_images(schedule, x0, t, generator)  # (B, ...)
+    logits = classifier(x_t, t.to(device=x0.device, dtype=x0.dtype))  # (B, C)
     _check_logits(logits, y)
     return F.cross_entropy(logits, y)
 

@@ -34,23 +34,42 @@ from .schedules import DiscreteSchedule
 Tensor = torch.Tensor
 
 
-def ddim_step(x0_hat: Tensor, eps_hat: Tensor, a_i: float, a_j: float, eta: float = 0.0,
-              noise: Tensor | None = None) -> Tensor:
+def ddim_step(
+    x0_hat: Tensor,
+    eps_hat: Tensor,
+    a_i: float,
+    a_j: float,
+    eta: float = 0.0,
+    noise: Tensor | None = None,
+) -> Tensor:
     """One DDIM jump from index i to j (eq. 12 with sigma of eq. 16); a_i, a_j are alpha_bar_i, alpha_bar_j.
 
     ``noise`` (like x0_hat) is needed only when eta > 0. Coefficients are float64 numbers, so x keeps its dtype.
     """
-    var = eta ** 2 * (1 - a_j) / (1 - a_i) * (1 - a_i / a_j) if eta > 0 else 0.0  # sigma^2, eq. 16
-    x_j = math.sqrt(a_j) * x0_hat + math.sqrt(max(1 - a_j - var, 0.0)) * eps_hat
+    var = (
+        eta**2 * (1 - a_j) / (1 - a_i) * (1 - a_i / a_j) if eta > 0 else 0.0
+    )  # sigma^2, eq. 16
+    x_j = (
+        math.sqrt(a_j) * x0_hat + math.sqrt(max(1 - a_j - var, 0.0)) * eps_hat
+    )
     if var > 0:
         x_j = x_j + math.sqrt(var) * noise
     return x_j
 
 
 @torch.no_grad()
-def ddim_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indices: Tensor, *, eta: float = 0.0,
-                cond: Tensor | None = None, generator: torch.Generator | None = None, progress: bool = True,
-                return_trajectory: bool = False) -> Tensor | Trajectory:
+def ddim_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: DiscreteSchedule,
+    indices: Tensor,
+    *,
+    eta: float = 0.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """DDIM sampling (Song et al. 2021, eq. 12 and 16) along the index grid ``indices``: NFE = K = len - 1.
 
     x_T (B, ...) is N(0, I) noise at the first index; ``indices`` = ``index_grid(schedule, K, spacing)``;
@@ -59,21 +78,40 @@ def ddim_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indice
     """
     seq = check_index_grid(schedule, indices)
     eta = check_scalar("eta", eta, 0.0, 1.0)
-    a, t, alpha, sigma = index_coefficients(schedule, seq)  # alpha_bar, t, alpha(t), sigma(t) at each index
+    a, t, alpha, sigma = index_coefficients(
+        schedule, seq
+    )  # alpha_bar, t, alpha(t), sigma(t) at each index
     check_sampler_inputs(model, x_T, t[0], cond)
     x, out = x_T, Recorder(x_T, return_trajectory)
-    for k in tqdm(range(len(seq) - 1), disable=not progress, desc="DDIM sampling"):
-        x0_hat, eps_hat = predict_x0_eps_at(model, x, t[k], alpha[k], sigma[k], cond)
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if eta > 0 else None
+    for k in tqdm(
+        range(len(seq) - 1), disable=not progress, desc="DDIM sampling"
+    ):
+        x0_hat, eps_hat = predict_x0_eps_at(
+            model, x, t[k], alpha[k], sigma[k], cond
+        )
+        z = (
+            torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
+            if eta > 0
+            else None
+        )
         x = ddim_step(x0_hat, eps_hat, a[k], a[k + 1], eta, z)
         out.add(x, x0_hat)
     return out.result(x)
 
 
 @torch.no_grad()
-def ddim_invert(model: Callable, x0: Tensor, schedule: DiscreteSchedule, indices: Tensor, *,
-                cond: Tensor | None = None, progress: bool = True,
-                return_trajectory: bool = False) -> Tensor | Trajectory:
+def ddim_invert(
+    model: Callable,
+    x0: Tensor,
+    schedule: DiscreteSchedule,
+    indices: Tensor,
+    *,
+    cond: Tensor | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Deterministic encoding (DDIM inversion, Song et al. 2021 Sec. 5.4): eta = 0 DDIM run backwards, NFE = K.
 
     It walks the grid ``ddim_sample`` would, from its final index up to its first. The jump j -> i (j < i) is
@@ -86,14 +124,23 @@ def ddim_invert(model: Callable, x0: Tensor, schedule: DiscreteSchedule, indices
     undefined). Its error falls as O(1/K). Returns x at the first index (B, ...), or a ``Trajectory`` whose states
     run from x0 up.
     """
-    seq = check_index_grid(schedule, indices)[::-1]  # increasing: final index first
+    seq = check_index_grid(schedule, indices)[
+        ::-1
+    ]  # increasing: final index first
     a, t, alpha, sigma = index_coefficients(schedule, seq)
     check_sampler_inputs(model, x0, t[1], cond, name="x0")
     x, out = x0, Recorder(x0, return_trajectory)
-    for k in tqdm(range(len(seq) - 1), disable=not progress, desc="DDIM inversion"):
-        x0_hat, eps_hat = predict_x0_eps_at(model, x, t[k + 1], alpha[k + 1], sigma[k + 1], cond)
+    for k in tqdm(
+        range(len(seq) - 1), disable=not progress, desc="DDIM inversion"
+    ):
+        x0_hat, eps_hat = predict_x0_eps_at(
+            model, x, t[k + 1], alpha[k + 1], sigma[k + 1], cond
+        )
         ratio = math.sqrt(a[k + 1] / a[k])
-        x = ratio * x + (math.sqrt(1 - a[k + 1]) - ratio * math.sqrt(1 - a[k])) * eps_hat
+        x = (
+            ratio * x
+            + (math.sqrt(1 - a[k + 1]) - ratio * math.sqrt(1 - a[k])) * eps_hat
+        )
         out.add(x, x0_hat)
     return out.result(x)
 

@@ -39,15 +39,22 @@ def _check_q_sample(schedule: DiscreteSchedule, x0: Tensor, i: Tensor, noise: Te
     return i
 
 
-def q_sample(schedule: DiscreteSchedule, x0: Tensor, i: Tensor, noise: Tensor | None = None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def q_sample(
+    schedule: DiscreteSchedule,
+    x0: Tensor,
+    i: Tensor,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Draw x_i ~ q(x_i | x_0) = N(sqrt(alpha_bar_i) x_0, (1 - alpha_bar_i) I) in one shot (eq. 4).
 
     x0: (B, ...), i: (B,) integer steps in [0, N]. Returns (x_i, eps), both (B, ...).
     """
     i = _check_q_sample(schedule, x0, i, noise)  # (B,) steps in [0, N]
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = torch.randn(
+            x0.shape, generator=generator, device=x0.device, dtype=x0.dtype
+        )
     ab = broadcast_to(schedule.alpha_bars[i.cpu()], x0)  # (B, 1, ...)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise, noise
 
@@ -66,8 +73,13 @@ def q_posterior(schedule: DiscreteSchedule, x0: Tensor, x_i: Tensor, i: Tensor) 
     return mean, broadcast_to(schedule.posterior_variance(i), x0)
 
 
-def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, cond: Tensor | None = None,
-              generator: torch.Generator | None = None) -> Tensor:
+def ddpm_loss(
+    model: Callable,
+    x0: Tensor,
+    schedule: DiscreteSchedule,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """The 'simple' DDPM objective (eq. 14) for whatever the model predicts: eps, x0 or v.
 
     Draw i ~ U{1..N} and eps ~ N(0, I), form x_i, and regress the model's output on its target:
@@ -78,9 +90,14 @@ def ddpm_loss(model: Callable, x0: Tensor, schedule: DiscreteSchedule, cond: Ten
     check_finite("x0", x0)
     kind = prediction_of(model)
     if kind == "score":
-        raise ValueError("model.prediction must be 'eps', 'x0' or 'v' for ddpm_loss (score models: see ncsn)")
+        raise ValueError(
+            "model.prediction must be 'eps', 'x0' or 'v' for ddpm_loss "
+            "(score models: see ncsn)"
+        )
     B = x0.shape[0]
-    i = torch.randint(1, schedule.N + 1, (B,), generator=generator, device=x0.device).cpu()  # (B,)
+    i = torch.randint(
+        1, schedule.N + 1, (B,), generator=generator, device=x0.device
+    ).cpu()  # (B,)
     x_i, eps = q_sample(schedule, x0, i, generator=generator)
     alpha, sigma = schedule.coefficients(schedule.times[i], x0)  # (B, 1, ...)
     target = targets(x0, eps, alpha, sigma, kind)
@@ -137,10 +154,19 @@ def reverse_steps(schedule: DiscreteSchedule, indices: Tensor, variance: str) ->
 
 
 @torch.no_grad()
-def ddpm_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indices: Tensor, *,
-                variance: str = "beta", clip_x0: bool = False, cond: Tensor | None = None,
-                generator: torch.Generator | None = None, progress: bool = True,
-                return_trajectory: bool = False) -> Tensor | Trajectory:
+def ddpm_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: DiscreteSchedule,
+    indices: Tensor,
+    *,
+    variance: str = "beta",
+    clip_x0: bool = False,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Ancestral sampling, Ho et al. Algorithm 2: x_{k-1} = mu_theta(x_k, k) + sigma_k z, no noise at the last step.
 
     ``indices`` = ``index_grid(schedule, K)`` ending at 0 (K = N: every step); x_T (B, ...) is N(0, I) noise;
@@ -150,13 +176,21 @@ def ddpm_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indice
     r = reverse_steps(schedule, indices, variance)
     check_sampler_inputs(model, x_T, r.t[-1], cond)
     x, out = x_T, Recorder(x_T, return_trajectory)
-    for k in tqdm(range(r.chain.N, 0, -1), disable=not progress, desc="DDPM sampling"):
-        x0_hat, _ = predict_x0_eps_at(model, x, r.t[k], r.alpha[k], r.sigma[k], cond)
+    for k in tqdm(
+        range(r.chain.N, 0, -1), disable=not progress, desc="DDPM sampling"
+    ):
+        x0_hat, _ = predict_x0_eps_at(
+            model, x, r.t[k], r.alpha[k], r.sigma[k], cond
+        )
         if clip_x0:
             x0_hat = x0_hat.clamp(-1.0, 1.0)
-        x = r.c0[k] * x0_hat + r.ci[k] * x  # the posterior mean mu_tilde_k(x_k, x0_hat), eq. 7
+        x = (
+            r.c0[k] * x0_hat + r.ci[k] * x
+        )  # the posterior mean mu_tilde_k(x_k, x0_hat), eq. 7
         if k > 1:
-            x = x + r.std[k] * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + r.std[k] * torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
         out.add(x, x0_hat)
     return out.result(x)
 
@@ -225,7 +259,9 @@ def elbo_terms(model: Callable, x0: Tensor, schedule: DiscreteSchedule, num_bins
         scale = (N - 1) / num_terms
     diffusion = torch.zeros(B, dtype=torch.float64, device=x0.device)
     for i in index_sets:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = torch.randn(
+            x0.shape, generator=generator, device=x0.device, dtype=x0.dtype
+        )
         x_i, _ = q_sample(schedule, x0, i, noise=noise)
         true_mean, true_var = q_posterior(schedule, x0, x_i, i)
         model_mean, _ = p_mean(model, x_i, i, schedule, cond)

@@ -64,10 +64,18 @@ def truncated_chain(schedule: DiscreteSchedule, i0: int) -> DiscreteSchedule:
 
 
 @torch.no_grad()
-def sdedit(model: Callable, x_guide: Tensor, schedule: DiscreteSchedule, strength: float,
-           steps: int | None = None, eta: float = 1.0, cond: Tensor | None = None,
-           generator: torch.Generator | None = None, progress: bool = True,
-           return_start: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def sdedit(
+    model: Callable,
+    x_guide: Tensor,
+    schedule: DiscreteSchedule,
+    strength: float,
+    steps: int | None = None,
+    eta: float = 1.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_start: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """SDEdit (Meng et al. 2022, Sec. 3): noise the guide to t0 = ``strength``, then run the reverse process to 0.
 
     Args:
@@ -92,15 +100,35 @@ def sdedit(model: Callable, x_guide: Tensor, schedule: DiscreteSchedule, strengt
     check_finite("x_guide", x_guide)
     i0 = start_index(schedule, strength)
     eta = check_scalar("eta", eta, 0.0, 1.0)
-    steps = schedule.N if steps is None else check_int("steps", steps, 1, schedule.N)
+    steps = (
+        schedule.N
+        if steps is None
+        else check_int("steps", steps, 1, schedule.N)
+    )
     if i0 == 0:  # strength 0: no noise, nothing to undo
-        return (x_guide.clone(), x_guide.clone()) if return_start else x_guide.clone()
+        return (
+            (x_guide.clone(), x_guide.clone())
+            if return_start
+            else x_guide.clone()
+        )
     B = x_guide.shape[0]
-    x_t0, _ = q_sample(schedule, x_guide, torch.full((B,), i0), generator=generator)  # alpha x_g + sigma eps
-    K = min(i0, max(1, round(steps * i0 / schedule.N)))  # reverse steps from i0 down to 0
+    x_t0, _ = q_sample(
+        schedule, x_guide, torch.full((B,), i0), generator=generator
+    )  # alpha x_g + sigma eps
+    K = min(
+        i0, max(1, round(steps * i0 / schedule.N))
+    )  # reverse steps from i0 down to 0
     chain = truncated_chain(schedule, i0)
-    out = ddim_sample(model, x_t0, chain, index_grid(chain, K), eta=eta, cond=cond, generator=generator,
-                      progress=progress)
+    out = ddim_sample(
+        model,
+        x_t0,
+        chain,
+        index_grid(chain, K),
+        eta=eta,
+        cond=cond,
+        generator=generator,
+        progress=progress,
+    )
     return (out, x_t0) if return_start else out
 
 
@@ -140,7 +168,9 @@ def repaint_levels(K: int, jump_length: int, resample: int) -> list[int]:
     K = check_int("K", K, 1)
     jump_length = check_int("jump_length", jump_length, 1, K)
     resample = check_int("resample", resample, 1)
-    jumps_left = {k: resample - 1 for k in range(K - jump_length, 0, -jump_length)}  # checkpoint -> jumps to do
+    jumps_left = {
+        k: resample - 1 for k in range(K - jump_length, 0, -jump_length)
+    }  # checkpoint -> jumps to do
     levels, k = [K], K
     while k > 0:
         k -= 1
@@ -154,10 +184,22 @@ def repaint_levels(K: int, jump_length: int, resample: int) -> list[int]:
 
 
 @torch.no_grad()
-def inpaint(model: Callable, x_known: Tensor, mask: Tensor, schedule: DiscreteSchedule, indices: Tensor, *,
-            method: str = "repaint", jump_length: int | None = None, resample: int | None = None,
-            variance: str = "beta_tilde", cond: Tensor | None = None, generator: torch.Generator | None = None,
-            progress: bool = True, return_trajectory: bool = False) -> Tensor | Trajectory:
+def inpaint(
+    model: Callable,
+    x_known: Tensor,
+    mask: Tensor,
+    schedule: DiscreteSchedule,
+    indices: Tensor,
+    *,
+    method: str = "repaint",
+    jump_length: int | None = None,
+    resample: int | None = None,
+    variance: str = "beta_tilde",
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Fill in the pixels where ``mask`` is 0, keeping those where it is 1, with a model that never saw a mask.
 
     Every down-step from level k to k - 1 of the K-step chain through ``indices`` does (Lugmayr et al. 2022,
@@ -183,32 +225,69 @@ def inpaint(model: Callable, x_known: Tensor, mask: Tensor, schedule: DiscreteSc
     K = r.chain.N
     if method == "replace":
         if resample is not None and check_int("resample", resample, 1) != 1:
-            raise ValueError(f"resample must be 1 (or None) for method='replace', got {resample}; "
-                             "use method='repaint' to resample")
+            raise ValueError(
+                "resample must be 1 (or None) for method='replace', "
+                f"got {resample}; use method='repaint' to resample"
+            )
         jump_length, resample = 1, 1
     else:
-        jump_length = min(10, K) if jump_length is None else check_int("jump_length", jump_length, 1, K)
-        resample = 10 if resample is None else check_int("resample", resample, 1)
+        jump_length = (
+            min(10, K)
+            if jump_length is None
+            else check_int("jump_length", jump_length, 1, K)
+        )
+        resample = (
+            10 if resample is None else check_int("resample", resample, 1)
+        )
     levels = repaint_levels(K, jump_length, resample)
 
     B = x_known.shape[0]
-    x = torch.randn(x_known.shape, generator=generator, device=x_known.device, dtype=x_known.dtype)  # x_K
+    x = torch.randn(
+        x_known.shape,
+        generator=generator,
+        device=x_known.device,
+        dtype=x_known.dtype,
+    )  # x_K
     out = Recorder(x, return_trajectory)
-    for k, k_next in tqdm(list(zip(levels[:-1], levels[1:])), disable=not progress, desc=f"inpainting ({method})"):
-        if k_next == k - 1:  # down: one reverse step for the unknown part, the known part noised to k - 1
-            x0_hat, _ = predict_x0_eps_at(model, x, r.t[k], r.alpha[k], r.sigma[k], cond)
-            x_unknown = r.c0[k] * x0_hat + r.ci[k] * x  # mu_tilde_k(x_k, x0_hat)
+    for k, k_next in tqdm(
+        list(zip(levels[:-1], levels[1:])),
+        disable=not progress,
+        desc=f"inpainting ({method})",
+    ):
+        # down: one reverse step for the unknown part, the known part noised
+        # to k - 1
+        if k_next == k - 1:
+            x0_hat, _ = predict_x0_eps_at(
+                model, x, r.t[k], r.alpha[k], r.sigma[k], cond
+            )
+            x_unknown = (
+                r.c0[k] * x0_hat + r.ci[k] * x
+            )  # mu_tilde_k(x_k, x0_hat)
             if k > 1:
-                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                z = torch.randn(
+                    x.shape,
+                    generator=generator,
+                    device=x.device,
+                    dtype=x.dtype,
+                )
                 x_unknown = x_unknown + r.std[k] * z
             if k_next > 0:
-                x_kn, _ = q_sample(r.chain, x_known, torch.full((B,), k_next), generator=generator)
+                x_kn, _ = q_sample(
+                    r.chain,
+                    x_known,
+                    torch.full((B,), k_next),
+                    generator=generator,
+                )
             else:
                 x_kn = x_known
             x = m * x_kn + (1 - m) * x_unknown
-        else:  # up: x_{k+1} ~ q(x_{k+1} | x_k) = N(sqrt(1 - beta_{k+1}) x_k, beta_{k+1} I)
+        else:
+            # up: x_{k+1} ~ q(x_{k+1} | x_k)
+            #   = N(sqrt(1 - beta_{k+1}) x_k, beta_{k+1} I)
             beta = float(r.chain.betas[k_next])
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
             x, x0_hat = math.sqrt(1 - beta) * x + math.sqrt(beta) * z, None
         out.add(x, x0_hat)
     return out.result(x)

@@ -41,7 +41,10 @@ SIGMA_GRIDS = ("karras", "logsnr", "time_uniform")
 
 # --- chain indices ------------------------------------------------------------------------------------------
 
-def spaced_indices(N: int, steps: int, spacing: str = "trailing", steps_offset: int = 0) -> Tensor:
+
+def spaced_indices(
+    N: int, steps: int, spacing: str = "trailing", steps_offset: int = 0
+) -> Tensor:
     """The K = ``steps`` chain indices a few-step sampler visits, decreasing, each in 1..N (module docstring).
 
     ``steps_offset`` shifts 'leading' indices up (diffusers' ``steps_offset``; Stable Diffusion uses 1); the other
@@ -54,7 +57,10 @@ def spaced_indices(N: int, steps: int, spacing: str = "trailing", steps_offset: 
     elif spacing == "trailing":
         i = torch.round((k + 1) * N / steps)  # round half to even, as numpy
     else:
-        i = torch.round(torch.linspace(0, N - 1, steps, dtype=torch.float64)) + 1
+        i = (
+            torch.round(torch.linspace(0, N - 1, steps, dtype=torch.float64))
+            + 1
+        )
     return i.long().flip(0)
 
 
@@ -121,8 +127,13 @@ def _check_range(steps: int, sigma_min: float, sigma_max: float) -> tuple[int, f
     return steps, sigma_min, sigma_max
 
 
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0,
-                  append_zero: bool = True) -> Tensor:
+def karras_sigmas(
+    steps: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 7.0,
+    append_zero: bool = True,
+) -> Tensor:
     """Karras et al. (2022, eq. 5): sigma_k = (sigma_max^(1/rho) + k/(K-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 
     K = steps values from sigma_max down to sigma_min, then 0 (``append_zero``): (K + 1,) float64. rho = 1 is
@@ -130,10 +141,18 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     """
     steps, sigma_min, sigma_max = _check_range(steps, sigma_min, sigma_max)
     rho = check_scalar("rho", rho, 0.0, math.inf, low_inclusive=False)
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    ramp = (
+        torch.linspace(0, 1, steps, dtype=torch.float64)
+        if steps > 1
+        else torch.zeros(1, dtype=torch.float64)
+    )
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     sigmas = (hi + ramp * (lo - hi)) ** rho
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]) if append_zero else sigmas
+    return (
+        torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+        if append_zero
+        else sigmas
+    )
 
 
 def geometric_sigmas(steps: int, sigma_min: float, sigma_max: float) -> Tensor:
@@ -286,7 +305,9 @@ def check_sigma_ladder(schedule: VE, sigmas: Tensor) -> tuple[list[float], list[
     """Validate a noise ladder (``geometric_sigmas``): finite, positive, strictly decreasing, inside the VE
     schedule's range. Returns (sigma_l, t_l) as lists of floats."""
     if not isinstance(schedule, VE):
-        raise ValueError(f"schedule must be a VE schedule (NCSN's noise process), got {type(schedule).__name__}")
+        raise ValueError(
+            f"schedule must be a VE schedule (NCSN's noise process), got {type(schedule).__name__}"
+        )
     s = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     if s.dim() != 1 or s.numel() < 1:
         raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(s.shape)}")

@@ -34,13 +34,21 @@ from .toy import GaussianMixture
 Tensor = torch.Tensor
 
 
-def drop_labels(y: Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None) -> Tensor:
+def drop_labels(
+    y: Tensor,
+    p_uncond: float,
+    null_label: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Condition dropout: each row of y becomes ``null_label`` with probability ``p_uncond``. y is (B,) class ids,
     or (B, T) token ids of captions, whose dropped rows become all ``null_label`` (the empty caption)."""
     p_uncond = check_scalar("p_uncond", p_uncond, 0.0, 1.0)
     null_label = check_int("null_label", null_label, 0)
-    drop = torch.rand(y.shape[:1], generator=generator, device=y.device) < p_uncond  # (B,)
-    drop = drop.reshape(-1, *[1] * (y.dim() - 1))                                # (B, 1, ...): whole rows
+    drop = (
+        torch.rand(y.shape[:1], generator=generator, device=y.device)
+        < p_uncond
+    )  # (B,)
+    drop = drop.reshape(-1, *[1] * (y.dim() - 1))  # (B, 1, ...): whole rows
     return torch.where(drop, torch.full_like(y, null_label), y)
 
 
@@ -91,24 +99,36 @@ class ClassifierFreeGuidance(nn.Module):
         self.null_label = check_int("null_label", null_label, 0)
         self.prediction = getattr(model, "prediction", "eps")
 
-    def check_inputs(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> None:
+    def check_inputs(
+        self, x: Tensor, t: Tensor | float, cond: Tensor | None = None
+    ) -> None:
         """Raise a ValueError naming the argument unless ``guided(x, t, cond)`` is a valid call: cond (B,) class
         ids in [0, null_label] or (B, T) token ids, then the model's own checks (once, at a sampler's entry)."""
         check_finite("x", x)
         cond = check_labels(cond, x.shape[0], None, "classifier-free guidance")
-        if cond.dim() == 1:  # class ids; token ids (B, T) are checked by the text model
-            check_labels(cond, x.shape[0], self.null_label, "classifier-free guidance")
+        if (
+            cond.dim() == 1
+        ):  # class ids; token ids (B, T) are checked by the text model
+            check_labels(
+                cond, x.shape[0], self.null_label, "classifier-free guidance"
+            )
         check = getattr(self.model, "check_inputs", None)
         if check is not None:
             check(x, t, cond)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None
+    ) -> Tensor:
         B = x.shape[0]
-        t = _batch_times(t, x)                                                             # (B,)
-        null = torch.full_like(cond, self.null_label)                                      # (B,) or (B, T)
-        out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]))  # (2B, ...)
+        t = _batch_times(t, x)  # (B,)
+        null = torch.full_like(cond, self.null_label)  # (B,) or (B, T)
+        out = self.model(
+            torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null])
+        )  # (2B, ...)
         out_c, out_u = out[:B], out[B:]
-        return out_u + self.scale * (out_c - out_u)  # s = 0 gives out_u exactly, s = 1 out_c up to rounding
+        return out_u + self.scale * (
+            out_c - out_u
+        )  # s = 0 gives out_u exactly, s = 1 out_c up to rounding
 
 
 class ClassifierGuidance(nn.Module):
@@ -142,18 +162,26 @@ class ClassifierGuidance(nn.Module):
     def classifier_grad(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """grad_x log p_phi(y = cond | x_t = x, t), shape like x; cond (B,) in [0, C - 1]."""
         with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)                                       # (B, ...)
-            logits = self.classifier(x_in, t)                                            # (B, C)
+            x_in = x.detach().requires_grad_(True)  # (B, ...)
+            logits = self.classifier(x_in, t)  # (B, C)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-                raise ValueError(f"classifier must return logits of shape ({x.shape[0]}, C), "
-                                 f"got {tuple(logits.shape)}")
-            log_p = torch.log_softmax(logits, dim=1)                                     # (B, C)
-            selected = log_p[torch.arange(x.shape[0], device=log_p.device), cond.to(log_p.device)]  # (B,)
-            # rows are independent, so the gradient of the sum is each row's own gradient
+                raise ValueError(
+                    "classifier must return logits of shape "
+                    f"({x.shape[0]}, C), got {tuple(logits.shape)}"
+                )
+            log_p = torch.log_softmax(logits, dim=1)  # (B, C)
+            selected = log_p[
+                torch.arange(x.shape[0], device=log_p.device),
+                cond.to(log_p.device),
+            ]  # (B,)
+            # rows are independent, so the gradient of the sum is each row's
+            # own gradient
             (grad,) = torch.autograd.grad(selected.sum(), x_in)
         return grad.detach()
 
-    def check_inputs(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> None:
+    def check_inputs(
+        self, x: Tensor, t: Tensor | float, cond: Tensor | None = None
+    ) -> None:
         """Raise a ValueError naming the argument unless ``guided(x, t, cond)`` is a valid call: cond (B,) class
         ids in [0, C - 1] for the classifier's C classes (one classifier call finds C), then the model's and the
         classifier's own checks. Samplers call this once, at their entry; ``forward`` checks nothing."""
@@ -170,16 +198,24 @@ class ClassifierGuidance(nn.Module):
             raise ValueError(f"classifier must return logits of shape ({B}, C), got {tuple(logits.shape)}")
         check_labels(cond, B, logits.shape[1] - 1, "the classifier")
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None
+    ) -> Tensor:
         B = x.shape[0]
-        t = _batch_times(t, x)                                                              # (B,)
-        pred = self.model(x, t, cond if self.guide_conditional else None)                   # (B, ...)
+        t = _batch_times(t, x)  # (B,)
+        pred = self.model(
+            x, t, cond if self.guide_conditional else None
+        )  # (B, ...)
         if self.scale == 0.0:
             return pred
-        grad = self.classifier_grad(x, t, cond)                                             # (B, ...)
-        alpha, sigma = self.schedule.coefficients(t.detach().cpu(), x)                      # (B, 1, ...) each
+        grad = self.classifier_grad(x, t, cond)  # (B, ...)
+        alpha, sigma = self.schedule.coefficients(
+            t.detach().cpu(), x
+        )  # (B, 1, ...) each
         eps = convert(pred, self.prediction, "eps", x, alpha, sigma)
-        eps_guided = eps - self.scale * sigma * grad                                        # Dhariwal & Nichol eq. 14
+        eps_guided = (
+            eps - self.scale * sigma * grad
+        )  # Dhariwal & Nichol eq. 14
         return convert(eps_guided, "eps", self.prediction, x, alpha, sigma)
 
 

@@ -51,11 +51,19 @@ def zonal_series(c: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
     return f, df                                                             # (B,), (B,)
 
 
-def sphere_heat_kernel(c: Tensor, t: Tensor | float, terms: int) -> tuple[Tensor, Tensor]:
+def sphere_heat_kernel(
+    c: Tensor, t: Tensor | float, terms: int
+) -> tuple[Tensor, Tensor]:
     """p_t(c) = sum_{l <= terms} (2l+1)/(4 pi) e^{-l(l+1)t/2} P_l(c) and dp/dc, for c = <x, x0> (B,), t > 0."""
-    l = torch.arange(terms + 1, dtype=torch.float64, device=c.device)        # (L + 1,)
-    t = torch.as_tensor(t, dtype=torch.float64, device=c.device).reshape(-1, 1)  # (B, 1) or (1, 1)
-    a = (2 * l + 1) / (4 * math.pi) * torch.exp(-l * (l + 1) * t / 2)      # (B or 1, L + 1)
+    l = torch.arange(
+        terms + 1, dtype=torch.float64, device=c.device
+    )  # (L + 1,)
+    t = torch.as_tensor(t, dtype=torch.float64, device=c.device).reshape(
+        -1, 1
+    )  # (B, 1) or (1, 1)
+    a = (
+        (2 * l + 1) / (4 * math.pi) * torch.exp(-l * (l + 1) * t / 2)
+    )  # (B or 1, L + 1)
     return zonal_series(c, a)
 
 

@@ -102,10 +102,19 @@ class ODELikelihood:
     nfe: int
 
 
-def log_likelihood(model: Callable, x: Tensor, schedule: NoiseSchedule, t_min: float | None = None,
-                   t_max: float = 1.0, cond: Tensor | None = None, trace: str = "exact",
-                   probe: str = "rademacher", generator: torch.Generator | None = None, rtol: float = 1e-5,
-                   atol: float = 1e-5) -> ODELikelihood:
+def log_likelihood(
+    model: Callable,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    t_min: float | None = None,
+    t_max: float = 1.0,
+    cond: Tensor | None = None,
+    trace: str = "exact",
+    probe: str = "rademacher",
+    generator: torch.Generator | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> ODELikelihood:
     """The exact log-density log p_{t_min}(x) of the probability-flow model (Song et al. 2021, App. D.2).
 
     The instantaneous change of variables (Chen et al. 2018) for dx/dt = v(x, t) says d log p_t(x_t)/dt = -div v,
@@ -118,42 +127,80 @@ def log_likelihood(model: Callable, x: Tensor, schedule: NoiseSchedule, t_min: f
     solve is scipy's adaptive RK45 with Song et al.'s tolerances rtol = atol = 1e-5, the whole batch in one state.
     x: (B, ...) data; the model runs in x's dtype on x's device. Returns an ``ODELikelihood``.
     """
-    from scipy.integrate import solve_ivp  # a well-kept adaptive solver; the diffusion maths is ours
+    from scipy.integrate import (
+        solve_ivp,
+    )  # a well-kept adaptive solver; the diffusion maths is ours
 
-    t_min, t_max, rtol, atol = _check_arguments(model, x, schedule, t_min, t_max, cond, trace, probe, rtol, atol)
+    t_min, t_max, rtol, atol = _check_arguments(
+        model, x, schedule, t_min, t_max, cond, trace, probe, rtol, atol
+    )
     shape, B = x.shape, x.shape[0]
     n = x[0].numel()
     eps = None
     if trace == "hutchinson":
-        eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        eps = torch.randn(
+            shape, generator=generator, device=x.device, dtype=x.dtype
+        )
         if probe == "rademacher":
             eps = torch.sign(eps)  # +-1 with probability 1/2 each
 
     def rhs(t: float, state: np.ndarray) -> np.ndarray:
-        y = torch.from_numpy(state[: B * n]).reshape(shape).to(device=x.device, dtype=x.dtype)
-        t = min(max(t, t_min), t_max)  # the solver may probe a hair outside [t_min, t_max]
+        y = (
+            torch.from_numpy(state[: B * n])
+            .reshape(shape)
+            .to(device=x.device, dtype=x.dtype)
+        )
+        t = min(
+            max(t, t_min), t_max
+        )  # the solver may probe a hair outside [t_min, t_max]
 
         def v(z):
             return probability_flow_drift(model, z, t, schedule, cond)
 
-        out, div = divergence_exact(v, y) if eps is None else divergence_hutchinson(v, y, eps)
-        return np.concatenate([out.reshape(-1).double().cpu().numpy(), div.double().cpu().numpy()])
+        out, div = (
+            divergence_exact(v, y)
+            if eps is None
+            else divergence_hutchinson(v, y, eps)
+        )
+        return np.concatenate(
+            [
+                out.reshape(-1).double().cpu().numpy(),
+                div.double().cpu().numpy(),
+            ]
+        )
 
-    start = np.concatenate([x.detach().double().cpu().reshape(-1).numpy(), np.zeros(B)])
-    sol = solve_ivp(rhs, (t_min, t_max), start, method="RK45", rtol=rtol, atol=atol)
+    start = np.concatenate(
+        [x.detach().double().cpu().reshape(-1).numpy(), np.zeros(B)]
+    )
+    sol = solve_ivp(
+        rhs, (t_min, t_max), start, method="RK45", rtol=rtol, atol=atol
+    )
     if not sol.success:
         raise RuntimeError(f"the ODE solver failed: {sol.message}")
     end = torch.from_numpy(sol.y[:, -1])
     latent = end[: B * n].reshape(shape)
     delta = end[B * n:]
     prior = prior_log_prob(schedule, latent, t_max)
-    return ODELikelihood(log_prob=prior + delta, prior_log_prob=prior, delta_log_prob=delta, latent=latent,
-                         nfe=int(sol.nfev))
+    return ODELikelihood(
+        log_prob=prior + delta,
+        prior_log_prob=prior,
+        delta_log_prob=delta,
+        latent=latent,
+        nfe=int(sol.nfev),
+    )
 
 
-def bits_per_dim(model: Callable, x: Tensor, schedule: NoiseSchedule, levels: int, t_min: float | None = None,
-                 dequantize: bool = True, trace: str = "hutchinson", generator: torch.Generator | None = None,
-                 **kwargs) -> Tensor:
+def bits_per_dim(
+    model: Callable,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    levels: int,
+    t_min: float | None = None,
+    dequantize: bool = True,
+    trace: str = "hutchinson",
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> Tensor:
     """Bits per dimension of images x in [-1, 1] on ``levels`` evenly spaced values, through the ODE likelihood.
 
     A density p on the continuous image space becomes a model of the discrete pixels by integrating it over each
@@ -172,12 +219,27 @@ def bits_per_dim(model: Callable, x: Tensor, schedule: NoiseSchedule, levels: in
     levels = check_int("levels", levels, 2)
     check_finite("x", x)
     if x.numel() and (float(x.min()) < -1 - 1e-6 or float(x.max()) > 1 + 1e-6):
-        raise ValueError(f"x must lie in [-1, 1] (images on {levels} levels), got values in "
-                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+        raise ValueError(
+            f"x must lie in [-1, 1] (images on {levels} levels), "
+            f"got values in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+        )
     delta = 2.0 / (levels - 1)
     if dequantize:
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 0.5
+        u = (
+            torch.rand(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
+            - 0.5
+        )
         x = x + delta * u
     D = x[0].numel()
-    logp = log_likelihood(model, x, schedule, t_min=t_min, trace=trace, generator=generator, **kwargs).log_prob
+    logp = log_likelihood(
+        model,
+        x,
+        schedule,
+        t_min=t_min,
+        trace=trace,
+        generator=generator,
+        **kwargs,
+    ).log_prob
     return -(logp + D * math.log(delta)) / (D * math.log(2.0))

@@ -52,10 +52,14 @@ class Sphere:
         return v - (v * x).sum(-1, keepdim=True) * x                         # (B, 3): v minus its normal part
 
     def expmap(self, x: Tensor, v: Tensor) -> Tensor:
-        n = v.norm(dim=-1, keepdim=True)                                     # (B, 1) = geodesic distance walked
-        sinc = torch.where(n > 1e-12, torch.sin(n) / n.clamp_min(1e-12), 1 - n ** 2 / 6)
-        y = torch.cos(n) * x + sinc * v                                      # (B, 3)
-        return y / y.norm(dim=-1, keepdim=True)                              # remove rounding off the sphere
+        n = v.norm(dim=-1, keepdim=True)  # (B, 1) = geodesic distance walked
+        sinc = torch.where(
+            n > 1e-12, torch.sin(n) / n.clamp_min(1e-12), 1 - n**2 / 6
+        )
+        y = torch.cos(n) * x + sinc * v  # (B, 3)
+        return y / y.norm(
+            dim=-1, keepdim=True
+        )  # remove rounding off the sphere
 
     def logmap(self, x: Tensor, y: Tensor) -> Tensor:
         u = self.proju(x, y - x)                                             # (B, 3): direction towards y
@@ -149,16 +153,25 @@ def check_walk(manifold: Manifold, x: Tensor, t: Tensor | float, steps: int) -> 
     return t
 
 
-def geodesic_random_walk(manifold: Manifold, x: Tensor, t: Tensor | float, steps: int,
-                         generator: torch.Generator | None = None) -> Tensor:
+def geodesic_random_walk(
+    manifold: Manifold,
+    x: Tensor,
+    t: Tensor | float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Brownian motion run for time t from x, by ``steps`` geodesic random-walk steps (De Bortoli et al. 2022,
     Sec. 3.1): X_{k+1} = exp_{X_k}(sqrt(gamma) Z_k), gamma = t / steps, Z_k ~ N(0, I) in the tangent space.
 
     x: (B, coords) points; t: a time > 0, or one per point (B,). On the flat torus the walk is exact for any
     ``steps`` (Gaussian steps add up); on the sphere E<X_t, x> = m(gamma)^steps -> e^{-t} as gamma -> 0.
     """
-    t = check_walk(manifold, x, t, steps)                                    # (B,) or () times
-    step_std = (t / steps).sqrt().reshape(-1, 1)                             # sqrt(gamma): (B, 1) or (1, 1)
+    t = check_walk(manifold, x, t, steps)  # (B,) or () times
+    step_std = (
+        (t / steps).sqrt().reshape(-1, 1)
+    )  # sqrt(gamma): (B, 1) or (1, 1)
     for _ in range(steps):
-        x = manifold.expmap(x, step_std * manifold.random_tangent(x, generator))
+        x = manifold.expmap(
+            x, step_std * manifold.random_tangent(x, generator)
+        )
     return x

@@ -155,9 +155,9 @@ class DigitsFeatureClassifier:
 
     def features(self, x: Tensor | np.ndarray) -> np.ndarray:
         """The last hidden layer's activations h2, shape (N, feature_dim)."""
-        h = self._pixels(x)                                                    # (N, 64)
+        h = self._pixels(x)  # (N, 64)
         for W, b in zip(self.model.coefs_[:-1], self.model.intercepts_[:-1]):
-            h = np.maximum(h @ W + b, 0.0)                                     # (N, width), ReLU
+            h = np.maximum(h @ W + b, 0.0)  # (N, width), ReLU
         return h
 
     def logits(self, x: Tensor | np.ndarray) -> np.ndarray:

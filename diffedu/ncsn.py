@@ -96,7 +96,9 @@ def score_fn(model: Callable, t: Tensor | float, schedule, cond: Tensor | None =
     return lambda x: -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
 
 
-def explicit_score_matching(score: Callable[[Tensor], Tensor], x: Tensor, reduction: str = "mean") -> Tensor:
+def explicit_score_matching(
+    score: Callable[[Tensor], Tensor], x: Tensor, reduction: str = "mean"
+) -> Tensor:
     """Hyvärinen's score-matching objective J = E_p[ tr grad_x s(x) + 1/2 ||s(x)||^2 ] (Hyvärinen 2005, eq. 4).
 
     Integration by parts turns the Fisher divergence 1/2 E_p||s - grad log p||^2 into this expression plus the
@@ -111,15 +113,21 @@ def explicit_score_matching(score: Callable[[Tensor], Tensor], x: Tensor, reduct
     with torch.enable_grad():
         x, s = _score_with_graph(score, x)                     # (B, D) each
         trace = torch.zeros(x.shape[0], dtype=s.dtype, device=s.device)
-        for i in range(x.shape[1]):                            # d s_i / d x_i, for all rows at once
+        for i in range(x.shape[1]):  # d s_i / d x_i, for all rows at once
             trace = trace + _grad(s[:, i].sum(), x)[:, i]      # (B,)
         per_example = trace + 0.5 * (s ** 2).sum(dim=1)       # (B,)
     return _reduce(per_example, reduction)
 
 
-def sliced_score_matching(score: Callable[[Tensor], Tensor], x: Tensor, n_projections: int = 1,
-                          projection: str = "gaussian", variance_reduction: bool = False,
-                          generator: torch.Generator | None = None, reduction: str = "mean") -> Tensor:
+def sliced_score_matching(
+    score: Callable[[Tensor], Tensor],
+    x: Tensor,
+    n_projections: int = 1,
+    projection: str = "gaussian",
+    variance_reduction: bool = False,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> Tensor:
     """Sliced score matching (Song, Garg, Shi & Ermon 2020, eq. 7; SSM-VR, eq. 8).
 
     Project the score on random directions v with E[v v^T] = I (``projection``: "gaussian" v ~ N(0, I), or
@@ -139,19 +147,21 @@ def sliced_score_matching(score: Callable[[Tensor], Tensor], x: Tensor, n_projec
     M = check_int("n_projections", n_projections, 1)
     check_choice("projection", projection, PROJECTIONS)
     B, D = x.shape
-    xr = x.detach().unsqueeze(0).expand(M, B, D).reshape(M * B, D)                      # (M B, D)
-    v = torch.randn(xr.shape, generator=generator, device=x.device, dtype=x.dtype)      # (M B, D)
+    xr = x.detach().unsqueeze(0).expand(M, B, D).reshape(M * B, D)  # (M B, D)
+    v = torch.randn(
+        xr.shape, generator=generator, device=x.device, dtype=x.dtype
+    )  # (M B, D)
     if projection == "rademacher":
         v = v.sign()  # +-1 with probability 1/2 each
     with torch.enable_grad():
-        xr, s = _score_with_graph(score, xr)                                             # (M B, D) each
-        vJ = _grad((s * v).sum(), xr)                                                    # v^T J per row, (M B, D)
-        vJv = (vJ * v).sum(dim=1)                                                        # (M B,)
+        xr, s = _score_with_graph(score, xr)  # (M B, D) each
+        vJ = _grad((s * v).sum(), xr)  # v^T J per row, (M B, D)
+        vJv = (vJ * v).sum(dim=1)  # (M B,)
         if variance_reduction:
             second = 0.5 * (s ** 2).sum(dim=1)
         else:
             second = 0.5 * (s * v).sum(dim=1) ** 2
-        per_example = (vJv + second).reshape(M, B).mean(dim=0)                           # (B,)
+        per_example = (vJv + second).reshape(M, B).mean(dim=0)  # (B,)
     return _reduce(per_example, reduction)
 
 
@@ -190,8 +200,15 @@ def fisher_divergence(score: Callable[[Tensor], Tensor], true_score: Callable[[T
 
 # --- noise-conditional score networks -----------------------------------------------------------------------------
 
-def dsm_loss(model: Callable, x0: Tensor, schedule: VE, cond: Tensor | None = None,
-             generator: torch.Generator | None = None, sigmas: Tensor | None = None) -> Tensor:
+
+def dsm_loss(
+    model: Callable,
+    x0: Tensor,
+    schedule: VE,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    sigmas: Tensor | None = None,
+) -> Tensor:
     """Denoising score matching with lambda(sigma) = sigma^2 over all noise levels (Song & Ermon 2019, eq. 6).
 
     Draw t ~ U[0, 1] (so log sigma is uniform between log sigma_min and log sigma_max) or, given a ladder
@@ -204,40 +221,63 @@ def dsm_loss(model: Callable, x0: Tensor, schedule: VE, cond: Tensor | None = No
     (over dimensions), a scalar.
     """
     if not isinstance(schedule, VE):
-        raise ValueError(f"schedule must be a VE schedule (NCSN's noise process), got {type(schedule).__name__}")
+        raise ValueError(
+            "schedule must be a VE schedule (NCSN's noise process), "
+            f"got {type(schedule).__name__}"
+        )
     check_finite("x0", x0)
     B = x0.shape[0]
     if sigmas is None:
-        t = torch.rand(B, generator=generator, device=x0.device, dtype=torch.float64).cpu()  # (B,)
+        t = torch.rand(
+            B, generator=generator, device=x0.device, dtype=torch.float64
+        ).cpu()  # (B,)
     else:
-        times = torch.tensor(check_sigma_ladder(schedule, sigmas)[1], dtype=torch.float64)  # (L,)
-        level = torch.randint(len(times), (B,), generator=generator, device=x0.device).cpu()
-        t = times[level]                                                                    # (B,)
-    z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)   # (B, ...)
-    alpha, sigma = schedule.coefficients(t, x0)                                          # (B, 1, ...)
-    x = x0 + sigma * z                                                                   # (B, ...)
+        times = torch.tensor(
+            check_sigma_ladder(schedule, sigmas)[1], dtype=torch.float64
+        )  # (L,)
+        level = torch.randint(
+            len(times), (B,), generator=generator, device=x0.device
+        ).cpu()
+        t = times[level]  # (B,)
+    z = torch.randn(
+        x0.shape, generator=generator, device=x0.device, dtype=x0.dtype
+    )  # (B, ...)
+    alpha, sigma = schedule.coefficients(t, x0)  # (B, 1, ...)
+    x = x0 + sigma * z  # (B, ...)
     pred = model(x, t.to(device=x0.device, dtype=x0.dtype), cond)
     if pred.shape != x0.shape:
-        raise ValueError(f"model output must have the shape of x0 {tuple(x0.shape)}, got {tuple(pred.shape)}")
+        raise ValueError(
+            f"model output must have the shape of x0 {tuple(x0.shape)}, "
+            f"got {tuple(pred.shape)}"
+        )
     kind = prediction_of(model)
-    score = convert(pred, kind, "score", x, alpha, sigma)                                # (B, ...)
+    score = convert(pred, kind, "score", x, alpha, sigma)  # (B, ...)
     return ((sigma * score + z) ** 2).reshape(B, -1).mean(dim=1).mean()
 
 
-def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: float, n_steps: int,
-                      generator: torch.Generator | None = None,
-                      return_trajectory: bool = False) -> Tensor | Trajectory:
+def langevin_dynamics(
+    score: Callable[[Tensor], Tensor],
+    x: Tensor,
+    step_size: float,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Unadjusted Langevin dynamics x <- x + (alpha / 2) score(x) + sqrt(alpha) z (Song & Ermon 2019, eq. 4).
 
     As alpha -> 0 and n_steps -> inf the iterates sample p, whose score ``score`` (a callable x -> grad log p(x))
     gives. x: (B, ...) starting points. Returns x, or a ``Trajectory`` of the n_steps + 1 iterates.
     """
     check_start("x", x)
-    step_size = check_scalar("step_size", step_size, 0.0, math.inf, low_inclusive=False)
+    step_size = check_scalar(
+        "step_size", step_size, 0.0, math.inf, low_inclusive=False
+    )
     n_steps = check_int("n_steps", n_steps, 0)
     out = Recorder(x, return_trajectory)
     for _ in range(n_steps):
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = torch.randn(
+            x.shape, generator=generator, device=x.device, dtype=x.dtype
+        )
         s = score(x)
         check_same_shape("score(x)", s, "x", x)
         x = x + 0.5 * step_size * s + math.sqrt(step_size) * z
@@ -246,10 +286,20 @@ def langevin_dynamics(score: Callable[[Tensor], Tensor], x: Tensor, step_size: f
 
 
 @torch.no_grad()
-def annealed_langevin_sample(model: Callable, x_T: Tensor, schedule: VE, sigmas: Tensor, *,
-                             n_steps_each: int = 100, epsilon: float = 2e-5, denoise: bool = True,
-                             cond: Tensor | None = None, generator: torch.Generator | None = None,
-                             progress: bool = True, return_trajectory: bool = False) -> Tensor | Trajectory:
+def annealed_langevin_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: VE,
+    sigmas: Tensor,
+    *,
+    n_steps_each: int = 100,
+    epsilon: float = 2e-5,
+    denoise: bool = True,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1).
 
     For each level sigma_i of the ladder ``sigmas`` (``geometric_sigmas``, inside the schedule's range), run
@@ -258,18 +308,34 @@ def annealed_langevin_sample(model: Callable, x_T: Tensor, schedule: VE, sigmas:
     Tweedie step x <- x + sigma_L^2 s(x, sigma_L), which removes the last level's noise. x_T: (B, ...), usually
     sigma_1 N(0, I). Returns the sample, or a ``Trajectory`` (x after each level; x0-hat at each level's last call).
     """
-    sigma, t = check_sigma_ladder(schedule, sigmas)  # sigma_1 > ... > sigma_L and their times
+    sigma, t = check_sigma_ladder(
+        schedule, sigmas
+    )  # sigma_1 > ... > sigma_L and their times
     check_sampler_inputs(model, x_T, t[0], cond)
     n_steps_each = check_int("n_steps_each", n_steps_each, 1)
-    epsilon = check_scalar("epsilon", epsilon, 0.0, math.inf, low_inclusive=False)
-    one, std = schedule.at(torch.tensor(t, dtype=torch.float64))  # alpha = 1 and sigma(t_i) of the VE process
+    epsilon = check_scalar(
+        "epsilon", epsilon, 0.0, math.inf, low_inclusive=False
+    )
+    one, std = schedule.at(
+        torch.tensor(t, dtype=torch.float64)
+    )  # alpha = 1 and sigma(t_i) of the VE process
     x, out = x_T, Recorder(x_T, return_trajectory)
-    for i in tqdm(range(len(sigma)), disable=not progress, desc="annealed Langevin"):
+    for i in tqdm(
+        range(len(sigma)), disable=not progress, desc="annealed Langevin"
+    ):
         alpha_i = epsilon * sigma[i] ** 2 / sigma[-1] ** 2  # step size
         for _ in range(n_steps_each):
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x0_hat, eps_hat = predict_x0_eps_at(model, x, t[i], one[i], std[i], cond)
-            x = x + 0.5 * alpha_i * (-eps_hat / std[i]) + math.sqrt(alpha_i) * z  # score = -eps-hat / sigma
+            z = torch.randn(
+                x.shape, generator=generator, device=x.device, dtype=x.dtype
+            )
+            x0_hat, eps_hat = predict_x0_eps_at(
+                model, x, t[i], one[i], std[i], cond
+            )
+            x = (
+                x
+                + 0.5 * alpha_i * (-eps_hat / std[i])
+                + math.sqrt(alpha_i) * z
+            )  # score = -eps-hat / sigma
         out.add(x, x0_hat)
     if denoise:
         eps_hat = predict_x0_eps_at(model, x, t[-1], one[-1], std[-1], cond)[1]

@@ -38,6 +38,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import distill_recipes as dr
 from .classifier_training import noisy_accuracy, noisy_classifier_loss
 from .data import DIGITS_LEVELS, load_digits
 from .ddim import ddim_sample
@@ -223,9 +224,19 @@ def cfg_digits_loss(cfg: DigitsCFGConfig) -> LossFn:
     network learns p(x | y) and p(x) at once (Ho & Salimans 2022)."""
     schedule = linear_schedule(N=cfg.N)
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], g: torch.Generator) -> torch.Tensor:
-        x, y = batch                                           # (B, 1, 8, 8) images, (B,) labels
-        return ddpm_loss(m, x, schedule, cond=drop_labels(y, cfg.p_uncond, 10, generator=g), generator=g)
+    def loss_fn(
+        m: nn.Module,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        g: torch.Generator,
+    ) -> torch.Tensor:
+        x, y = batch  # (B, 1, 8, 8) images, (B,) labels
+        return ddpm_loss(
+            m,
+            x,
+            schedule,
+            cond=drop_labels(y, cfg.p_uncond, 10, generator=g),
+            generator=g,
+        )
 
     return loss_fn
 
@@ -352,10 +363,19 @@ def text_shapes_loss(cfg: TextShapesConfig) -> LossFn:
     ``<pad>``), so one network learns p(x | caption) and p(x) at once."""
     schedule = linear_schedule()
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], g: torch.Generator) -> torch.Tensor:
-        x, ids = batch                                         # (B, 3, 16, 16) images, (B, T) token ids
-        return ddpm_loss(m, x, schedule, cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
-                         generator=g)
+    def loss_fn(
+        m: nn.Module,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        g: torch.Generator,
+    ) -> torch.Tensor:
+        x, ids = batch  # (B, 3, 16, 16) images, (B, T) token ids
+        return ddpm_loss(
+            m,
+            x,
+            schedule,
+            cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
+            generator=g,
+        )
 
     return loss_fn
 
@@ -497,6 +517,8 @@ class Recipe:
     evaluate: Callable[[nn.Module, Any, torch.device], dict]       # (EMA model, cfg, device) -> metrics
     metric: Callable[[Any], str]                                    # cfg -> the headline metric's key
     texts: dict[str, str]                                           # schedule, loss, data: for the manifest
+    fit: Callable | None = None                                     # (model, cfg, data, **train() arguments)
+                                                                    # -> TrainResult, when one train() is not all
 
     def __call__(self, cfg: Any = None, out: str | None = None, device: str | None = None,
                  threads: int = 1) -> dict:
@@ -531,6 +553,27 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                 "Sec. 3.1), caption dropout (Ho & Salimans 2022)",
                 data="diffedu.video.make_clips({train_clips}, split='train', seed={seed}); held out: "
                      + str([" ".join(t) for t in HELD_OUT_CLIPS]))),
+    Recipe("progressive_digits", dr.ProgressiveConfig, dr.progressive_student, dr.digits, lambda cfg: None,
+           dr.evaluate_progressive, lambda cfg: f"pixel_fd_nfe{cfg.ship_steps}",
+           dict(schedule="linear(N=1000), student grid index_grid(schedule, K)",
+                loss="progressive_loss: x0 vs two teacher DDIM steps, max(SNR, 1) (Salimans & Ho 2022, Alg. 2); "
+                     "{rounds} rounds from {teacher_steps} teacher steps, teacher {teacher}", data=DIGITS),
+           fit=dr.fit_progressive),
+    Recipe("consistency_digits", dr.ConsistencyConfig, dr.consistency_model, dr.digits,
+           dr.consistency_distillation_loss, dr.evaluate_consistency, lambda cfg: "pixel_fd_nfe1",
+           dict(schedule="linear(N=1000), consistency grid of {grid_steps} levels down to index 1",
+                loss="ConsistencyLoss with teacher {teacher} (one DDIM step; Song et al. 2023, Alg. 2), "
+                     "squared L2, target EMA {target_decay}", data=DIGITS)),
+    Recipe("consistency_training_digits", dr.ConsistencyConfig, dr.consistency_model, dr.digits,
+           dr.consistency_training_loss, dr.evaluate_consistency, lambda cfg: "pixel_fd_nfe1",
+           dict(schedule="linear(N=1000), consistency grid of {grid_steps} levels down to index 1",
+                loss="ConsistencyLoss without teacher (Song et al. 2023, Alg. 3; initial weights from {teacher}), "
+                     "squared L2, target EMA {target_decay}", data=DIGITS)),
+    Recipe("reflow_digits", dr.ReflowConfig, dr.reflow_student, dr.reflow_data, dr.reflow_digits_loss,
+           dr.evaluate_reflow, lambda cfg: "pixel_fd_nfe1",
+           dict(schedule="linear(N=1000)",
+                loss="reflow_loss, v-prediction on coupled pairs (Liu et al. 2022)",
+                data="{pairs} pairs (z, x0 = ODE of {teacher} from z, DPM-Solver++(2M) {pair_steps} steps)")),
 ]}
 ddpm_digits, ncsn_digits, cfg_digits = RECIPES["ddpm_digits"], RECIPES["ncsn_digits"], RECIPES["cfg_digits"]
 classifier_digits, text_shapes = RECIPES["classifier_digits"], RECIPES["text_shapes"]
@@ -556,6 +599,11 @@ FULL_MODE: dict[str, FullMode] = {
     "classifier_digits": FullMode(dict(steps=32_000, batch_size=256)),
     "text_shapes": FullMode(dict(steps=48_000, batch_size=256, train_images=80_000, eval_per_caption=32)),
     "text_video": FullMode(dict(steps=14_000, batch_size=64, train_clips=24_000, eval_per_caption=16)),
+    "progressive_digits": FullMode(dict(steps=4_000, first_round_steps=8_000, batch_size=256, teacher_steps=256,
+                                        rounds=8, eval_samples=2_000)),
+    "consistency_digits": FullMode(dict(steps=20_000, batch_size=256, eval_samples=2_000)),
+    "consistency_training_digits": FullMode(dict(steps=40_000, batch_size=256, eval_samples=2_000)),
+    "reflow_digits": FullMode(dict(steps=20_000, batch_size=256, pairs=50_000, eval_samples=2_000)),
 }
 """Full-mode configurations of every shipped model (4x the steps or more, batch 256, the fast paths on)."""
 
@@ -640,10 +688,13 @@ def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, de
         device = pick_device(device)
         data = recipe.data(cfg)
         model = set_fused_attention(recipe.network(cfg), fused_attention)
-        result = train(model, recipe.loss(cfg), data, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                       warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip,
-                       device=device, seed=cfg.seed, progress=True, log_every=1000,
-                       autocast=AUTOCAST.get(autocast), compile=compile)
+        train_args = dict(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                          ema_decay=cfg.ema_decay, grad_clip=cfg.grad_clip, device=device, seed=cfg.seed,
+                          progress=True, log_every=1000, autocast=AUTOCAST.get(autocast), compile=compile)
+        if recipe.fit is None:
+            result = train(model, recipe.loss(cfg), data, **train_args)
+        else:
+            result = recipe.fit(model, cfg, data, **train_args)
         if rank != 0:  # DDP: rank 0 alone evaluates and writes the checkpoint and the manifest
             return None
         if losses is not None:
@@ -656,11 +707,11 @@ def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, de
         texts = {key: text.format(**asdict(cfg)) for key, text in recipe.texts.items()}
         train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), **texts,
                         "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
-                        "eval": metrics}
+                        "eval": metrics, **({"history": result.history} if hasattr(result, "history") else {})}
         metric = recipe.metric(cfg)
         return register_checkpoint(recipe.name, result.ema_model, recipe=f"diffedu.recipes.{recipe.name}",
                                    command=command,
-                                   train_config=train_config, seed=cfg.seed, steps=cfg.steps,
+                                   train_config=train_config, seed=cfg.seed, steps=len(result.losses),
                                    wall_time_s=result.wall_time_s, metric=(metric, round(metrics[metric], 3)),
                                    directory=out, threads=threads)
 

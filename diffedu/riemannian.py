@@ -48,8 +48,16 @@ def log_time_grid(steps: int, t_min: float, t_max: float) -> Tensor:
     return torch.logspace(math.log10(t_max), math.log10(t_min), steps + 1, dtype=torch.float64)
 
 
-def rsgm_loss(model: Callable, x0: Tensor, manifold: Manifold, t_min: float, t_max: float, walk_steps: int = 16,
-              t_switch: float = 0.02, generator: torch.Generator | None = None) -> Tensor:
+def rsgm_loss(
+    model: Callable,
+    x0: Tensor,
+    manifold: Manifold,
+    t_min: float,
+    t_max: float,
+    walk_steps: int = 16,
+    t_switch: float = 0.02,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Denoising score matching on a manifold (De Bortoli et al. 2022, eq. 7), weighted by lambda(t) = t:
 
         E_t E_{x_t ~ p_t(. | x0)} t |s_theta(x_t, t) - grad log p_t(x_t | x0)|^2,   log t ~ U[log t_min, log t_max].
@@ -59,10 +67,14 @@ def rsgm_loss(model: Callable, x0: Tensor, manifold: Manifold, t_min: float, t_m
     With log-uniform t, the weight t per sample is the likelihood weighting g(t)^2 = 1 per unit of time.
     """
     t_min, t_max = time_range(t_min, t_max)
-    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
-    t = t_min * (t_max / t_min) ** u                                         # (B,), log-uniform
-    x_t = geodesic_random_walk(manifold, x0, t, walk_steps, generator)       # (B, coords)
-    target = heat_kernel_target(manifold, x_t, x0, t, t_switch)              # (B, coords)
+    u = torch.rand(
+        x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device
+    )
+    t = t_min * (t_max / t_min) ** u  # (B,), log-uniform
+    x_t = geodesic_random_walk(
+        manifold, x0, t, walk_steps, generator
+    )  # (B, coords)
+    target = heat_kernel_target(manifold, x_t, x0, t, t_switch)  # (B, coords)
     return (t * ((model(x_t, t) - target) ** 2).sum(-1)).mean()
 
 
@@ -74,17 +86,30 @@ def heat_kernel_target(manifold: Manifold, x: Tensor, x0: Tensor, t: Tensor, t_s
     return torch.where((t < t_switch)[:, None], heat_kernel_score(manifold, x, x0, t, method="varadhan"), series)
 
 
-def rfm_loss(model: Callable, x0: Tensor, manifold: Manifold, generator: torch.Generator | None = None) -> Tensor:
+def rfm_loss(
+    model: Callable,
+    x0: Tensor,
+    manifold: Manifold,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Riemannian flow matching with geodesic paths (Chen & Lipman 2024, eq. 12; time reversed to the book's):
 
         x_t = exp_{x0}(t log_{x0}(x1)),  x1 ~ uniform,  t ~ U[0, 1];   E |v_theta(x_t, t) - d x_t / dt|^2.
     """
     manifold.check_points("x0", x0)
-    x1 = manifold.random_uniform(x0.shape[0], generator, x0.dtype, x0.device)           # (B, coords): noise
-    t = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)  # (B,)
-    v = manifold.logmap(x0, x1)                                                          # (B, coords)
-    x_t, u_t = torch.func.jvp(lambda s: manifold.expmap(x0, s[:, None] * v), (t,), (torch.ones_like(t),))
-    return ((model(x_t, t) - u_t) ** 2).sum(-1).mean()                                   # u_t = d x_t / dt
+    x1 = manifold.random_uniform(
+        x0.shape[0], generator, x0.dtype, x0.device
+    )  # (B, coords): noise
+    t = torch.rand(
+        x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device
+    )  # (B,)
+    v = manifold.logmap(x0, x1)  # (B, coords)
+    x_t, u_t = torch.func.jvp(
+        lambda s: manifold.expmap(x0, s[:, None] * v),
+        (t,),
+        (torch.ones_like(t),),
+    )
+    return ((model(x_t, t) - u_t) ** 2).sum(-1).mean()  # u_t = d x_t / dt
 
 
 def velocity(model: Callable, x: Tensor, t: Tensor | float) -> Tensor:
@@ -113,9 +138,16 @@ def _check(model: Callable, x: Tensor, manifold: Manifold, times: Tensor, decrea
     return ts.tolist()
 
 
-def geodesic_random_walk_sample(model: Callable, x_T: Tensor, manifold: Manifold, times: Tensor, *,
-                                generator: torch.Generator | None = None, progress: bool = True,
-                                return_trajectory: bool = False) -> Tensor | Trajectory:
+def geodesic_random_walk_sample(
+    model: Callable,
+    x_T: Tensor,
+    manifold: Manifold,
+    times: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """The reverse geodesic random walk (De Bortoli et al. 2022, Alg. 1 run backwards), along decreasing times:
 
         Y_{k+1} = exp_{Y_k}(gamma_k s(Y_k, t_k) + sqrt(gamma_k) Z_k),   gamma_k = t_k - t_{k+1},   Z_k ~ N(0, I) in T_Y M.
@@ -124,12 +156,19 @@ def geodesic_random_walk_sample(model: Callable, x_T: Tensor, manifold: Manifold
     """
     ts = _check(model, x_T, manifold, times, True, "x_T")
     if model.prediction != "score":
-        raise ValueError("geodesic_random_walk_sample needs a score model (prediction 'score')")
+        raise ValueError(
+            "geodesic_random_walk_sample needs a score model "
+            "(prediction 'score')"
+        )
     rec, x = Recorder(x_T, return_trajectory), x_T
-    for k in tqdm(range(len(ts) - 1), desc="reverse walk", disable=not progress):
+    for k in tqdm(
+        range(len(ts) - 1), desc="reverse walk", disable=not progress
+    ):
         gamma = ts[k] - ts[k + 1]
-        drift = gamma * model(x, ts[k])                                      # (B, coords), tangent
-        x = manifold.expmap(x, drift + math.sqrt(gamma) * manifold.random_tangent(x, generator))
+        drift = gamma * model(x, ts[k])  # (B, coords), tangent
+        x = manifold.expmap(
+            x, drift + math.sqrt(gamma) * manifold.random_tangent(x, generator)
+        )
         rec.add(x)
     return rec.result(x)
 
@@ -164,7 +203,13 @@ def ode_sample(model: Callable, x_T: Tensor, manifold: Manifold, times: Tensor, 
     return rec.result(x)
 
 
-def log_likelihood(model: Callable, x: Tensor, manifold: Manifold, times: Tensor, progress: bool = False) -> Tensor:
+def log_likelihood(
+    model: Callable,
+    x: Tensor,
+    manifold: Manifold,
+    times: Tensor,
+    progress: bool = False,
+) -> Tensor:
     """log p(x) (B,) float64 of the model's ODE flow, in nats per point (density with respect to area/volume).
 
     The change of variables on a manifold (Mathieu & Nickel 2020): along dx/dt = v, d log p_t(x_t)/dt = -div v,
@@ -175,6 +220,8 @@ def log_likelihood(model: Callable, x: Tensor, manifold: Manifold, times: Tensor
     ts = _check(model, x, manifold, times, False, "x")
     delta = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for k in tqdm(range(len(ts) - 1), desc="likelihood", disable=not progress):
-        x, d = _rk4_step(model, manifold, x, ts[k], ts[k + 1] - ts[k], divergence=True)
+        x, d = _rk4_step(
+            model, manifold, x, ts[k], ts[k + 1] - ts[k], divergence=True
+        )
         delta = delta + d
     return delta - manifold.log_volume

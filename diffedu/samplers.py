@@ -58,10 +58,18 @@ class Denoiser:
 
 # --- Karras et al. 2022: Euler and Heun --------------------------------------------------------------------
 
+
 @torch.no_grad()
-def euler_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigmas: Tensor, *,
-                 cond: Tensor | None = None, progress: bool = True,
-                 return_trajectory: bool = False) -> Tensor | Trajectory:
+def euler_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: NoiseSchedule,
+    sigmas: Tensor,
+    *,
+    cond: Tensor | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Euler's method on the probability-flow ODE in sigma~ (Karras et al. 2022, Alg. 1 without its Heun step).
 
         d = (x~_k - D(x~_k; sigma~_k)) / sigma~_k,     x~_{k+1} = x~_k + (sigma~_{k+1} - sigma~_k) d.
@@ -73,7 +81,9 @@ def euler_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigmas: 
     check_sampler_inputs(model, x_T, D.times[0], cond)
     s, a = D.sigmas, D.alphas
     x, out = x_T / a[0], Recorder(x_T, return_trajectory)  # x~_0
-    for k in tqdm(range(len(s) - 1), disable=not progress, desc="Euler sampling"):
+    for k in tqdm(
+        range(len(s) - 1), disable=not progress, desc="Euler sampling"
+    ):
         x0_hat = D(x, k)
         d = (x - x0_hat) / s[k]  # dx~/dsigma~ (Karras eq. 3)
         x = x + (s[k + 1] - s[k]) * d
@@ -82,9 +92,16 @@ def euler_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigmas: 
 
 
 @torch.no_grad()
-def heun_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigmas: Tensor, *,
-                cond: Tensor | None = None, progress: bool = True,
-                return_trajectory: bool = False) -> Tensor | Trajectory:
+def heun_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: NoiseSchedule,
+    sigmas: Tensor,
+    *,
+    cond: Tensor | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Heun's second-order method, Karras et al. (2022) Algorithm 1 (deterministic: S_churn = 0).
 
         d  = (x~_k - D(x~_k; sigma~_k)) / sigma~_k,                 x' = x~_k + (sigma~_{k+1} - sigma~_k) d
@@ -97,7 +114,9 @@ def heun_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigmas: T
     check_sampler_inputs(model, x_T, D.times[0], cond)
     s, a = D.sigmas, D.alphas
     x, out = x_T / a[0], Recorder(x_T, return_trajectory)
-    for k in tqdm(range(len(s) - 1), disable=not progress, desc="Heun sampling"):
+    for k in tqdm(
+        range(len(s) - 1), disable=not progress, desc="Heun sampling"
+    ):
         x0_hat = D(x, k)
         d = (x - x0_hat) / s[k]
         x_next = x + (s[k + 1] - s[k]) * d  # Euler's predictor
@@ -111,10 +130,19 @@ def heun_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigmas: T
 
 # --- DPM-Solver++(2M), Lu et al. 2022b ----------------------------------------------------------------------
 
+
 @torch.no_grad()
-def dpmpp_2m_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigmas: Tensor, *,
-                    lower_order_final: bool = True, cond: Tensor | None = None, progress: bool = True,
-                    return_trajectory: bool = False) -> Tensor | Trajectory:
+def dpmpp_2m_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: NoiseSchedule,
+    sigmas: Tensor,
+    *,
+    lower_order_final: bool = True,
+    cond: Tensor | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """DPM-Solver++(2M): Lu et al. (2022b) Algorithm 2, the multistep second-order solver on the data prediction.
 
     With lambda = log(alpha / sigma) = -log sigma~ and h_k = lambda_{k+1} - lambda_k, the exponential
@@ -136,7 +164,11 @@ def dpmpp_2m_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, sigma
     x0_prev, h_prev = None, None
     for k in tqdm(range(K), disable=not progress, desc="DPM-Solver++(2M)"):
         x0 = D(x, k)
-        if x0_prev is None or s[k + 1] == 0 or (lower_order_final and k == K - 1 and K < 15):
+        if (
+            x0_prev is None
+            or s[k + 1] == 0
+            or (lower_order_final and k == K - 1 and K < 15)
+        ):
             d = x0  # first order
         else:
             r = h_prev / math.log(s[k] / s[k + 1])  # h_{k-1} / h_k
@@ -158,9 +190,17 @@ def _transfer(x: Tensor, eps: Tensor, a_i: float, a_j: float) -> Tensor:
 
 
 @torch.no_grad()
-def plms_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indices: Tensor, *,
-                warmup: str = "lower_order", cond: Tensor | None = None, progress: bool = True,
-                return_trajectory: bool = False) -> Tensor | Trajectory:
+def plms_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: DiscreteSchedule,
+    indices: Tensor,
+    *,
+    warmup: str = "lower_order",
+    cond: Tensor | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Pseudo linear multistep sampling, PLMS (Liu et al. 2022, "Pseudo numerical methods", eq. 11-13).
 
     It walks DDIM's index grid and at each jump feeds the transfer phi (DDIM's deterministic jump) an
@@ -181,15 +221,28 @@ def plms_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indice
     seq = check_index_grid(schedule, indices)
     check_choice("warmup", warmup, WARMUPS)
     if warmup == "prk" and len(seq) < 5:
-        raise ValueError(f"indices must have at least 5 entries (K >= 4 steps) for warmup='prk', got {len(seq)}")
-    ab, times, alphas, sigmas = index_coefficients(schedule, list(range(schedule.N + 1)))  # every index
+        raise ValueError(
+            "indices must have at least 5 entries (K >= 4 steps) for "
+            f"warmup='prk', got {len(seq)}"
+        )
+    ab, times, alphas, sigmas = index_coefficients(
+        schedule, list(range(schedule.N + 1))
+    )  # every index
     check_sampler_inputs(model, x_T, times[seq[0]], cond)
 
     def eps_at(x: Tensor, i: int) -> tuple[Tensor, Tensor]:
-        return predict_x0_eps_at(model, x, times[i], alphas[i], sigmas[i], cond)
+        return predict_x0_eps_at(
+            model, x, times[i], alphas[i], sigmas[i], cond
+        )
 
-    x, out, ets = x_T, Recorder(x_T, return_trajectory), []  # ets: eps-hat at the grid points, newest last
-    for k in tqdm(range(len(seq) - 1), disable=not progress, desc="PLMS sampling"):
+    x, out, ets = (
+        x_T,
+        Recorder(x_T, return_trajectory),
+        [],
+    )  # ets: eps-hat at the grid points, newest last
+    for k in tqdm(
+        range(len(seq) - 1), disable=not progress, desc="PLMS sampling"
+    ):
         i, j = seq[k], seq[k + 1]
         x0_hat, e = eps_at(x, i)
         ets.append(e)
@@ -199,7 +252,9 @@ def plms_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indice
             e3 = eps_at(_transfer(x, e2, ab[i], ab[m]), m)[1]
             e4 = eps_at(_transfer(x, e3, ab[i], ab[j]), j)[1]
             e_prime = (e + 2 * e2 + 2 * e3 + e4) / 6
-        elif warmup == "lower_order" and k == 0 and len(seq) > 2:  # pseudo improved Euler
+        elif (
+            warmup == "lower_order" and k == 0 and len(seq) > 2
+        ):  # pseudo improved Euler
             e_prime = (e + eps_at(_transfer(x, e, ab[i], ab[j]), j)[1]) / 2
         elif len(ets) == 1:
             e_prime = e
@@ -208,7 +263,9 @@ def plms_sample(model: Callable, x_T: Tensor, schedule: DiscreteSchedule, indice
         elif len(ets) == 3:
             e_prime = (23 * ets[-1] - 16 * ets[-2] + 5 * ets[-3]) / 12
         else:
-            e_prime = (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
+            e_prime = (
+                55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]
+            ) / 24
         ets = ets[-3:]
         x = _transfer(x, e_prime, ab[i], ab[j])
         out.add(x, x0_hat)

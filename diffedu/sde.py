@@ -46,7 +46,10 @@ ODE_METHODS = ("euler", "heun", "rk4")
 
 # --- the forward SDE of a schedule ---------------------------------------------------------------------------
 
-def sde_coefficients(schedule: NoiseSchedule, t: Tensor | float) -> tuple[Tensor, Tensor]:
+
+def sde_coefficients(
+    schedule: NoiseSchedule, t: Tensor | float
+) -> tuple[Tensor, Tensor]:
     """Drift and diffusion coefficients (f(t), g(t)) of dx = f(t) x dt + g(t) dw, float64, shaped like t.
 
     Closed forms (Song et al. 2021):
@@ -65,7 +68,9 @@ def sde_coefficients(schedule: NoiseSchedule, t: Tensor | float) -> tuple[Tensor
         alpha4 = torch.exp(4 * schedule.vp.log_alpha(t))
         return -0.5 * beta, torch.sqrt(beta * (1 - alpha4))
     if isinstance(schedule, VE):
-        return torch.zeros_like(t), schedule.sigma(t) * math.sqrt(2 * math.log(schedule.sigma_max / schedule.sigma_min))
+        return torch.zeros_like(t), schedule.sigma(t) * math.sqrt(
+            2 * math.log(schedule.sigma_max / schedule.sigma_min)
+        )
     return generic_sde_coefficients(schedule, t)
 
 
@@ -142,7 +147,9 @@ def simulate_forward_sde(x0: Tensor, schedule: NoiseSchedule, steps: int, t_star
     for i in range(steps):
         h = float(ts[i + 1] - ts[i])
         f, g = sde_coefficients(schedule, ts[i])
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = torch.randn(
+            x.shape, generator=generator, device=x.device, dtype=x.dtype
+        )
         x = x + float(f) * x * h + float(g) * math.sqrt(h) * z  # dx = f x dt + g dw,  dw ~ N(0, dt)
         if return_trajectory:
             trajectory.append(x.cpu())
@@ -197,9 +204,16 @@ def _at(schedule: NoiseSchedule, t: float) -> tuple[float, float, float, float]:
 
 # --- reverse-time SDE samplers -----------------------------------------------------------------------------------
 
-def euler_maruyama_step(model: Callable, x: Tensor, t: float, s: float, schedule: NoiseSchedule,
-                        cond: Tensor | None = None,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+
+def euler_maruyama_step(
+    model: Callable,
+    x: Tensor,
+    t: float,
+    s: float,
+    schedule: NoiseSchedule,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """One Euler–Maruyama step of the reverse SDE (Song eq. 6) from t down to s < t, h = t - s:
 
         x_s = x_t - [f(t) x_t - g(t)^2 score(x_t, t)] h + g(t) sqrt(h) z,    z ~ N(0, I).
@@ -210,7 +224,9 @@ def euler_maruyama_step(model: Callable, x: Tensor, t: float, s: float, schedule
     f, g, alpha, sigma = _at(schedule, t)
     x0_hat, eps_hat = predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)
     score = -eps_hat / sigma
-    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    z = torch.randn(
+        x.shape, generator=generator, device=x.device, dtype=x.dtype
+    )
     return x - (f * x - g ** 2 * score) * h + g * math.sqrt(h) * z, x0_hat
 
 
@@ -233,13 +249,22 @@ def reverse_diffusion_step(model: Callable, x: Tensor, t: float, s: float, sched
     b2 = max(sigma_t ** 2 - a ** 2 * sigma_s ** 2, 0.0)
     x0_hat, eps_hat = predict_x0_eps_at(model, x, float(t), alpha_t, sigma_t, cond)
     score = -eps_hat / sigma_t
-    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    z = torch.randn(
+        x.shape, generator=generator, device=x.device, dtype=x.dtype
+    )
     return (2 - a) * x + b2 * score + math.sqrt(b2) * z, x0_hat
 
 
-def langevin_corrector_step(model: Callable, x: Tensor, t: float, schedule: NoiseSchedule, snr: float,
-                            alpha_i: float = 1.0, cond: Tensor | None = None,
-                            generator: torch.Generator | None = None) -> Tensor:
+def langevin_corrector_step(
+    model: Callable,
+    x: Tensor,
+    t: float,
+    schedule: NoiseSchedule,
+    snr: float,
+    alpha_i: float = 1.0,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """One Langevin step at fixed time t with the signal-to-noise step size (Song et al. Alg. 4 (VE), 5 (VP)):
 
         eps = 2 alpha_i (r ||z|| / ||s||)^2,     x <- x + eps s(x, t) + sqrt(2 eps) z.
@@ -248,8 +273,12 @@ def langevin_corrector_step(model: Callable, x: Tensor, t: float, schedule: Nois
     norms are per-example norms averaged over the batch (a per-example ratio explodes where the score vanishes).
     """
     _, _, alpha, sigma = _at(schedule, t)
-    score = -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
-    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    score = (
+        -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
+    )
+    z = torch.randn(
+        x.shape, generator=generator, device=x.device, dtype=x.dtype
+    )
     B = x.shape[0]
     score_norm = score.reshape(B, -1).norm(dim=1).mean()
     noise_norm = z.reshape(B, -1).norm(dim=1).mean()
@@ -281,7 +310,9 @@ def euler_maruyama_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule,
     for k in tqdm(range(len(t) - 1), disable=not progress, desc="Euler–Maruyama"):
         x, x0_hat = euler_maruyama_step(model, x, t[k], t[k + 1], schedule, cond, generator)
         out.add(x, x0_hat)
-    return out.result(_denoise(model, x, t[-1], schedule, cond) if denoise else x)
+    return out.result(
+        _denoise(model, x, t[-1], schedule, cond) if denoise else x
+    )
 
 
 @torch.no_grad()
@@ -311,23 +342,42 @@ def predictor_corrector_sample(model: Callable, x_T: Tensor, schedule: NoiseSche
         for _ in range(corrector_steps):                                              # corrector at t_{k+1}
             x = langevin_corrector_step(model, x, t[k + 1], schedule, snr, alpha_i, cond, generator)
         out.add(x, x0_hat)
-    return out.result(_denoise(model, x, t[-1], schedule, cond) if denoise else x)
+    return out.result(
+        _denoise(model, x, t[-1], schedule, cond) if denoise else x
+    )
 
 
 # --- the probability-flow ODE ------------------------------------------------------------------------------------
 
-def probability_flow_drift(model: Callable, x: Tensor, t: float, schedule: NoiseSchedule,
-                           cond: Tensor | None = None) -> Tensor:
+
+def probability_flow_drift(
+    model: Callable,
+    x: Tensor,
+    t: float,
+    schedule: NoiseSchedule,
+    cond: Tensor | None = None,
+) -> Tensor:
     """dx/dt = f(t) x - g(t)^2 score(x, t) / 2 (Song eq. 13): a deterministic flow with the SDE's marginals p_t."""
     f, g, alpha, sigma = _at(schedule, t)
-    score = -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
+    score = (
+        -predict_x0_eps_at(model, x, float(t), alpha, sigma, cond)[1] / sigma
+    )
     return f * x - 0.5 * g ** 2 * score
 
 
 @torch.no_grad()
-def ode_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, times: Tensor, *, method: str = "heun",
-               denoise: bool = True, cond: Tensor | None = None, progress: bool = True,
-               return_trajectory: bool = False) -> Tensor | Trajectory:
+def ode_sample(
+    model: Callable,
+    x_T: Tensor,
+    schedule: NoiseSchedule,
+    times: Tensor,
+    *,
+    method: str = "heun",
+    denoise: bool = True,
+    cond: Tensor | None = None,
+    progress: bool = True,
+    return_trajectory: bool = False,
+) -> Tensor | Trajectory:
     """Sample by integrating the probability-flow ODE along ``times`` (t_max down to t_min) with fixed steps.
 
     ``method``: 'euler' (order 1, 1 model call per step), 'heun' (the trapezoidal predictor-corrector, order 2,
@@ -346,7 +396,11 @@ def ode_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, times: Ten
         return probability_flow_drift(model, y, u, schedule, cond)
 
     x, out = x_T, Recorder(x_T, return_trajectory)
-    for k in tqdm(range(len(t) - 1), disable=not progress, desc=f"probability flow ({method})"):
+    for k in tqdm(
+        range(len(t) - 1),
+        disable=not progress,
+        desc=f"probability flow ({method})",
+    ):
         h = t[k + 1] - t[k]
         k1 = v(x, t[k])
         if method == "euler":
@@ -361,7 +415,9 @@ def ode_sample(model: Callable, x_T: Tensor, schedule: NoiseSchedule, times: Ten
             k4 = v(x + h * k3, t[k + 1])
             x = x + h * (k1 + 2 * k2 + 2 * k3 + k4) / 6
         out.add(x)
-    return out.result(_denoise(model, x, t[-1], schedule, cond) if denoise else x)
+    return out.result(
+        _denoise(model, x, t[-1], schedule, cond) if denoise else x
+    )
 
 
 def model_calls(sampler: str, steps: int, corrector_steps: int = 1, method: str = "heun",

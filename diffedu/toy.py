@@ -185,7 +185,9 @@ class ExactModel(nn.Module):
         self.mixture, self.schedule = mixture, schedule
         self.prediction = check_choice("prediction", prediction, PREDICTIONS)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, t: Tensor, cond: Tensor | None = None
+    ) -> Tensor:
         t = as_time(t.detach().cpu() if torch.is_tensor(t) else t).expand(x.shape[0])  # (B,)
         if bool((t == t[0]).all()):
             t = t[:1]  # one time for the whole batch: compute the schedule once

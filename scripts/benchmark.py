@@ -5,6 +5,7 @@
     python scripts/benchmark.py --samplers [--quick]   # add the chapter 5 sampler benchmark (issue 4)
     python scripts/benchmark.py --overhead      # only the per-step sampler overhead against diffusers
     python scripts/benchmark.py --fast-paths    # only training speed vs diffusers, fused attention, 2 processes
+    python scripts/benchmark.py --distilled     # only chapter 6: the distilled students vs the teacher at 1-8 NFE
 
 Rows: each chapter's execution time in quick mode (executed with nbclient, outputs discarded) and the sample-quality
 figure it reports; training steps/s of the MLP (2-D) and the UNet (8x8 digits) at batch 128.
@@ -336,6 +337,15 @@ def sampler_rows(quick: bool) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def distilled_rows(n: int = 1000) -> list[tuple[str, str, str, str]]:
+    """Chapter 6 (issue 12): every distilled student and the teacher's solvers at 1, 2, 4, 8 NFE on n samples."""
+    from diffedu.distill_recipes import distillation_scoreboard
+
+    table = distillation_scoreboard(n)
+    return [(f"{method}, NFE {k} ({n} samples)", f"pixel FD {s['pixel_fd']:.2f}", f"read {100 * s['read']:.0f} %",
+             f"feature FD {s['feature_fd']:.1f}") for (method, k), s in table.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-chapters", action="store_true")
@@ -344,6 +354,8 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true", help="only the per-step sampler overhead vs diffusers")
     parser.add_argument("--fast-paths", action="store_true", help="only training speed vs diffusers, the fused "
                                                                    "attention and 2 processes")
+    parser.add_argument("--distilled", action="store_true", help="only chapter 6's students vs the teacher's "
+                                                                  "solvers at 1, 2, 4, 8 NFE")
     parser.add_argument("--ddp-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ddp_worker:
@@ -353,6 +365,10 @@ def main() -> None:
         for size in (8, 16, 28):
             print(" | ".join(training_speed_vs_diffusers(sizes=(size,))[0]), flush=True)
         for row in text_unet_attention_speedup() + ddp_speed():
+            print(" | ".join(row), flush=True)
+        return
+    if args.distilled:
+        for row in distilled_rows():
             print(" | ".join(row), flush=True)
         return
     if args.overhead:
@@ -373,7 +389,7 @@ def main() -> None:
     rows.append(("MLPDenoiser train, batch 128 (2-D)", f"{mlp:.0f} steps/s", "", ""))
     unet = steps_per_second(UNet(), torch.randn(128, 1, 8, 8))
     rows.append(("UNet train, batch 128 (1x8x8)", f"{unet:.1f} steps/s", "", ""))
-    rows += training_speed_vs_diffusers() + text_unet_attention_speedup() + ddp_speed()
+    rows += training_speed_vs_diffusers() + text_unet_attention_speedup() + ddp_speed() + distilled_rows()
     for name, entry in read_manifest().items():
         metric = entry["metric"]
         rows.append((f"checkpoint {name}", f"{entry['size_bytes'] / 1e6:.2f} MB",

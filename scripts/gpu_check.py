@@ -44,10 +44,19 @@ def synchronize(device: torch.device) -> None:
 
 
 def recipe_parts(name: str, batch: int) -> tuple[Any, Any, Any]:
-    """The recipe's config (text_shapes and text_video with just enough images or clips), training data and loss."""
+    """The recipe's config (text_shapes and text_video with just enough images or clips, reflow with just enough
+    pairs), training data and loss (progressive distillation: its first round's)."""
     recipe = RECIPES[name]
-    small = {"text_shapes": dict(train_images=max(batch, 512)), "text_video": dict(train_clips=max(batch, 64))}
+    small = {"text_shapes": dict(train_images=max(batch, 512)), "text_video": dict(train_clips=max(batch, 64)),
+             "reflow_digits": dict(pairs=batch, pair_steps=2)}
     cfg = recipe.config(**small.get(name, {}))
+    if recipe.fit is not None:  # progressive_digits: several rounds; time the first round's loss
+        from diffedu.distill import ProgressiveDistillation
+        from diffedu.distill_recipes import teacher_of
+        from diffedu.schedules import linear_schedule
+
+        return cfg, recipe.data(cfg), ProgressiveDistillation(teacher_of(cfg), linear_schedule(),
+                                                              cfg.teacher_steps // 2)
     return cfg, recipe.data(cfg), recipe.loss(cfg)
 
 

@@ -4,7 +4,9 @@
 
 1. sync: chapters/md/05_*.md (the source you edit) -> chapters/05_*.ipynb (jupytext; paired by jupytext.toml);
 2. execute the notebook in place as the tests do (quick mode, static widgets, one torch thread, cwd chapters/);
-3. tag: exercise solutions get the ``hide-input`` tag (folded in the book), written back to the .md too.
+3. tag: exercise solutions and long plotting-only cells get the ``hide-input`` tag (folded in the book behind
+   "Show solution" / "Show plotting code"), written back to the .md too; every cell gets nbgrader's metadata
+   (solution, graded check with points, locked), kept in the .ipynb only.
 
 It prints the wall time: each chapter must run in <= 60 s on a 2-core CPU where you measure it (<= 90 s on the
 slowest machine). Commit both files.
@@ -45,7 +47,8 @@ def make(number: str) -> float:
     import nbformat
     from nbclient import NotebookClient
 
-    from diffedu.exercises import tag_solutions_hidden
+    from diffedu.exercises import add_nbgrader_metadata, solution_cells, tag_solutions_hidden
+    from diffedu.layout import collapse_cells
 
     md = source_of(number)
     ipynb = ROOT / "chapters" / (md.stem + ".ipynb")
@@ -56,6 +59,8 @@ def make(number: str) -> float:
     nb.metadata.pop("jupytext", None)
     stable_ids(nb)
     tag_solutions_hidden(nb, name=str(md))
+    collapse_cells(nb, solution_cells(nb, name=str(md)))
+    add_nbgrader_metadata(nb, name=str(md))
     os.environ.update(DIFFEDU_STATIC="1", OMP_NUM_THREADS="1")  # what `make test` runs the notebooks with
     os.environ.pop("DIFFEDU_FULL", None)
     start = time.perf_counter()

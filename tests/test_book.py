@@ -216,8 +216,8 @@ def test_math_markup_and_local_mathjax(book_html, page):
 
 @pytest.mark.slow
 def test_no_page_loads_scripts_or_math_from_a_cdn(book_html):
-    """No page loads a script from the network; MathJax is never mentioned with a remote URL. Remote
-    stylesheets and images (which degrade gracefully offline) are reported as warnings."""
+    """No page loads a script or an image from the network (offline, a remote Colab badge showed its alt text);
+    MathJax is never mentioned with a remote URL. Remote stylesheets are reported as warnings."""
     bad, soft = [], []
     for path in sorted(book_html.rglob("*.html")):
         rel = path.relative_to(book_html)
@@ -239,7 +239,7 @@ def test_no_page_loads_scripts_or_math_from_a_cdn(book_html):
         for img in soup.find_all("img"):
             src = img.get("src") or ""
             if re.match(r"^(https?:)?//", src):
-                soft.append(f"{rel}: image {src}")
+                bad.append(f"{rel}: image {src}")
     assert not bad, "pages that need the network for scripts or math:\n" + "\n".join(bad)
     if soft:
         warnings.warn("remote resources that fail (harmlessly) offline:\n" + "\n".join(sorted(set(soft))),
@@ -339,3 +339,189 @@ def test_headless_chromium_screenshots(served_book, book_html, tmp_path, page):
     assert target.is_file(), f"no screenshot of {page}:\n{proc.stderr[-2000:]}"
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert target.stat().st_size > 20_000, f"the screenshot of {page} looks blank ({target.stat().st_size} B)"
+
+
+# --------------------------------------------------------------------------------------------- every chapter, read
+
+# What a reader meets, measured in the rendered page by a script run in headless Chromium: MathJax errors, TeX left
+# unrendered, code blocks that scroll, the header, the Colab badge, the toggles and the figures' scale. The page
+# is loaded in an iframe of the given width (a phone's 412 px, a laptop's 1280 px) inside a wrapper page; the
+# probe runs in the iframe once MathJax has typeset, and the wrapper copies its JSON into its own DOM for
+# --dump-dom. Probe pages are written next to the chapter's page (same relative links) and removed after.
+PROBE_JS = r"""
+<script>
+(function () {
+  function collect() {
+    var out = {width: window.innerWidth, merror: [], unrendered: [], overflow: [], figures: [], toggles: []};
+    document.querySelectorAll("mjx-merror").forEach(function (e) {
+      out.merror.push(e.getAttribute("data-mjx-error") || e.textContent.slice(0, 80));
+    });
+    var article = document.querySelector("article.bd-article") || document.body;
+    var walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT, null);
+    var skip = ["PRE", "CODE", "SCRIPT", "STYLE", "MJX-CONTAINER", "TEXTAREA"];
+    var tex = /\$|\\\(|\\\[|\\[a-zA-Z]{2,}/;  // a dollar, \( or \[, or a TeX control word left in the text
+    for (var node = walker.nextNode(); node; node = walker.nextNode()) {
+      var inCode = false;
+      for (var p = node.parentElement; p && p !== article; p = p.parentElement) {
+        if (skip.indexOf(p.tagName) >= 0 || p.classList.contains("highlight")) { inCode = true; break; }
+      }
+      if (!inCode && tex.test(node.textContent)) out.unrendered.push(node.textContent.trim().slice(0, 120));
+    }
+    // code: cell inputs and the library source they print (highlighted as Python); printed text is not code
+    var code = "div.cell_input pre, div.cell_output div.highlight-python pre, div.cell_output div.highlight-ipython3 pre";
+    document.querySelectorAll(code).forEach(function (pre) {
+      if (pre.clientWidth > 0 && pre.scrollWidth > pre.clientWidth + 1) {
+        var lines = pre.textContent.split("\n");
+        out.overflow.push(lines.reduce(function (a, b) { return b.length > a.length ? b : a; }, ""));
+      }
+    });
+    document.querySelectorAll("div.cell_output img").forEach(function (img) {
+      if (img.naturalWidth > 0) out.figures.push([img.getBoundingClientRect().width, img.naturalWidth]);
+    });
+    document.querySelectorAll("details summary").forEach(function (s) {  // the "show" text, as displayed
+      var shown = Array.prototype.filter.call(s.querySelectorAll("span"), function (x) {
+        return x.offsetParent !== null && x.children.length === 0 && x.textContent.trim(); });
+      out.toggles.push(shown.length ? shown[0].textContent.trim() : s.textContent.trim().split("\n")[0]);
+    });
+    var header = document.getElementById("pst-header");
+    out.header = header ? getComputedStyle(header).display : "absent";
+    var badge = document.querySelector('img[alt="Open In Colab"]');
+    out.badge = badge ? {src: badge.getAttribute("src"), loaded: badge.complete && badge.naturalWidth > 0} : null;
+    var result = document.createElement("pre");
+    result.id = "diffedu-probe";
+    result.textContent = JSON.stringify(out);
+    document.body.appendChild(result);
+  }
+  window.addEventListener("load", function () {
+    var ready = window.MathJax && MathJax.startup && MathJax.startup.promise;
+    (ready ? MathJax.startup.promise : Promise.resolve()).then(function () { setTimeout(collect, 300); });
+  });
+})();
+</script>
+"""
+WRAPPER_HTML = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="page" src="{src}" width="{width}" height="2400" style="border:0"></iframe>
+<script>
+var timer = setInterval(function () {{
+  var doc = document.getElementById("page").contentDocument;
+  var found = doc && doc.getElementById("diffedu-probe");
+  if (found) {{
+    var copy = document.createElement("pre");
+    copy.id = "probe-result";
+    copy.textContent = found.textContent;
+    document.body.appendChild(copy);
+    clearInterval(timer);
+  }}
+}}, 100);
+</script></body></html>"""
+READER_WIDTHS = (1280, 412)
+CODE_COLUMNS = 79  # tests/test_reader.py keeps every code line within this; here the page must show them all
+
+
+@pytest.fixture(scope="session")
+def probed(served_book, book_html, tmp_path_factory):
+    """probe(page, width) -> the JSON the probe collected (cached: one Chromium run per page and width)."""
+    import json
+
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no Chromium binary on PATH (install it: apt-get install -y chromium; or set CHROMIUM=...)")
+    base, _ = served_book
+    cache: dict = {}
+
+    def probe(page: str, width: int) -> dict:
+        if (page, width) in cache:
+            return cache[(page, width)]
+        source = _page(book_html, page)
+        probe_page = source.with_name(source.stem + ".probe.html")
+        wrapper = source.with_name(source.stem + f".probe{width}.html")
+        probe_page.write_text(source.read_text(encoding="utf-8").replace("</body>", PROBE_JS + "</body>"),
+                              encoding="utf-8")
+        wrapper.write_text(WRAPPER_HTML.format(src=probe_page.name, width=width), encoding="utf-8")
+        try:
+            url = f"{base}/{wrapper.relative_to(book_html).as_posix()}"
+            proc = _chromium_run(binary, tmp_path_factory.mktemp("profile"), "--window-size=1400,2400",
+                                 "--dump-dom", url)
+        finally:
+            probe_page.unlink(missing_ok=True)
+            wrapper.unlink(missing_ok=True)
+        found = re.search(r'<pre id="probe-result">(.*?)</pre>', proc.stdout, re.DOTALL)
+        assert found, f"{page} at {width} px: the probe did not report (MathJax never finished?)\n{proc.stderr[-1500:]}"
+        import html as html_lib
+        cache[(page, width)] = json.loads(html_lib.unescape(found.group(1)))
+        return cache[(page, width)]
+
+    return probe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", READER_WIDTHS)
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chromium_math_renders_without_errors(probed, page, width):
+    found = probed(page, width)
+    assert found["width"] == width
+    assert not found["merror"], f"{page}: MathJax errors: {found['merror']}"
+    assert not found["unrendered"], f"{page}: TeX left unrendered in the text:\n" + "\n".join(found["unrendered"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chromium_code_fits_the_column_at_1280(probed, page):
+    """No code block scrolls at 1280 px: every code line (<= 79 characters) is shown whole."""
+    found = probed(page, 1280)
+    assert not found["overflow"], (f"{page}: code blocks that scroll sideways at 1280 px (longest lines):\n"
+                                   + "\n".join(found["overflow"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chromium_one_header_local_badge_and_named_toggles(probed, page):
+    found = probed(page, 1280)
+    assert found["header"] == "none", f"{page}: the theme's second top bar is shown ({found['header']})"
+    badge = found["badge"]
+    assert badge and badge["loaded"] and not re.match(r"^(https?:)?//", badge["src"]), f"{page}: badge {badge}"
+    assert found["toggles"], f"{page}: no collapsed cell (every chapter has solutions)"
+    wrong = [t for t in found["toggles"] if t not in ("Show solution", "Show plotting code")]
+    assert not wrong, f"{page}: toggles that do not say what they hide: {sorted(set(wrong))}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chromium_figures_stay_legible_on_a_phone(probed, page):
+    """At 412 px a figure is shown at >= 0.55 of its own size (matplotlib text >= ~7 px); wider ones scroll."""
+    found = probed(page, 412)
+    small = [f"{shown:.0f} px shown of {natural} px" for shown, natural in found["figures"]
+             if shown < 0.55 * natural - 1]
+    assert found["figures"], f"{page}: no figures measured"
+    assert not small, f"{page}: figures shrunk below 55 % at 412 px: {small}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", READER_WIDTHS)
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chromium_screenshot_every_chapter(served_book, book_html, tmp_path, page, width):
+    """A screenshot of the top of every chapter at both widths, in _build/screenshots/, to look at."""
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no Chromium binary on PATH")
+    base, _ = served_book
+    shots = book_html.parent / "screenshots"
+    shots.mkdir(exist_ok=True)
+    target = shots / f"{page.replace('/', '_')}-{width}.png"
+    target.unlink(missing_ok=True)
+    _chromium_run(binary, tmp_path / "profile", "--headless=new", f"--window-size={width},2400",
+                  f"--screenshot={target}", f"{base}/{page}.html")
+    assert target.is_file() and target.stat().st_size > 20_000, f"no usable screenshot of {page} at {width} px"
+
+
+def test_reference_labels_match_the_citation_style(book_html):
+    """Citations read "Ho et al. [2020]" (author_year), so the list is labelled by author and year too."""
+    assert CONFIG["sphinx"]["config"]["bibtex_reference_style"] == "author_year"
+    soup = _soup(book_html / "book" / "references.html")
+    labels = [el.get_text(strip=True).strip("[]") for el in soup.select("span.label, dt.label")]
+    assert len(labels) >= 10, f"no reference list labels found ({labels[:5]})"
+    bad = [label for label in labels if not re.fullmatch(r"\D+, (19|20)\d\d[a-z]?", label)]
+    assert not bad, f"reference labels that are not 'Author(s), year': {bad[:10]}"
+    chapter = _soup(_page(book_html, CHAPTERS[0]))
+    cited = chapter.select("a[href*='references.html#']")
+    assert cited and all(re.search(r"(19|20)\d\d", a.get_text()) for a in cited), "citations carry no year"

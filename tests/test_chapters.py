@@ -43,8 +43,10 @@ def test_chapter_exercises_and_student_version(path):
 # --- the MyST sources: chapters/md/NN_slug.md is the source, chapters/NN_slug.ipynb its executed twin --------------
 
 SOURCES = sorted((Path(__file__).resolve().parents[1] / "chapters" / "md").glob("*.md"))
-COLAB_SETUP = '''# Setup: inside Colab, fetch the book's repository and install diffedu (Colab's own torch is kept).
+COLAB_SETUP = '''# Setup: inside Colab, fetch the book's repository and install diffedu
+# (Colab's own torch is kept).
 import os, sys
+
 if "google.colab" in sys.modules:
     !git clone -q --depth 1 https://github.com/diffedu/diffedu /content/diffedu
     %pip install -q /content/diffedu

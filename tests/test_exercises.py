@@ -13,6 +13,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from diffedu.exercises import (
     HIDE_TAG,
+    STUDENT_NOTE,
+    add_nbgrader_metadata,
     main,
     make_student_version,
     solution_cells,
@@ -57,11 +59,13 @@ def test_student_version_stubs_solutions_and_keeps_checks():
     original = copy.deepcopy(nb)
     student = make_student_version(nb)
 
-    solution, check, answer = student.cells[1], student.cells[2], student.cells[3]
+    assert student.cells[1].source == STUDENT_NOTE  # how to work through it, after the title cell
+    solution, check, answer = student.cells[2], student.cells[3], student.cells[4]
     assert "    # YOUR CODE HERE\n    raise NotImplementedError()\n" in solution.source  # indented like BEGIN
     assert SECRET not in solution.source and "BEGIN SOLUTION" not in solution.source
     assert solution.source.startswith("import math") and solution.source.endswith("affine(1.0)\n")
     assert check.source == original.cells[2].source
+    assert solution.metadata.nbgrader["solution"] and check.metadata.nbgrader["grade"]
     assert "YOUR ANSWER HERE" in answer.source and SECRET_PROSE not in answer.source
     assert answer.source.startswith("**Why?**")
     for cell in student.cells:
@@ -112,7 +116,7 @@ def test_tag_solutions_hidden_is_idempotent_and_student_drops_tag():
     assert tag_solutions_hidden(nb) == 0
     assert nb.cells[1].metadata.tags == [HIDE_TAG]
     assert "tags" not in nb.cells[2].metadata
-    assert make_student_version(nb).cells[1].metadata.tags == []
+    assert make_student_version(nb).cells[2].metadata.tags == []
 
 
 def test_write_student_versions_and_cli(tmp_path: Path, capsys):
@@ -140,4 +144,29 @@ def test_module_cli_runs(tmp_path: Path):
                             capture_output=True, text=True, check=True)
     assert "student" in result.stdout
     student = nbformat.read(tmp_path / "student" / "ch.ipynb", as_version=4)
-    assert "raise NotImplementedError()" in student.cells[1].source
+    assert "raise NotImplementedError()" in student.cells[2].source
+
+
+def test_nbgrader_metadata_marks_solution_check_and_locked_cells():
+    nb = exercise_notebook()
+    assert add_nbgrader_metadata(nb) == 2  # the code exercise and the written answer
+    prompt, solution, check, answer = (c.metadata.nbgrader for c in nb.cells)
+    assert prompt["locked"] and not prompt["grade"] and not prompt["solution"]
+    assert solution["solution"] and not solution["grade"] and solution["grade_id"] == "ex1-solution"
+    assert check["grade"] and check["locked"] and check["points"] == 1 and check["grade_id"] == "ex1-check"
+    assert answer["solution"] and answer["grade"] and answer["grade_id"] == "ex2-answer"
+    before = [dict(c.metadata.nbgrader) for c in nb.cells]
+    add_nbgrader_metadata(nb)
+    assert [dict(c.metadata.nbgrader) for c in nb.cells] == before  # idempotent
+
+
+def test_student_version_drops_book_only_text_and_points_its_badge_at_itself():
+    nb = exercise_notebook()
+    nb.cells[0].source = ("# 99 · Fixture\n\n[![Open In Colab](../book/_static/colab-badge.svg)]"
+                          "(https://colab.research.google.com/github/diffedu/diffedu/blob/main/chapters/99_x.ipynb)\n\n"
+                          "Answer below.<!-- BEGIN BOOK ONLY --> In the book it is folded.<!-- END BOOK ONLY -->")
+    student = make_student_version(nb, filename="99_x.ipynb")
+    assert "folded" not in student.cells[0].source and "diffedu/diffedu" not in student.cells[0].source
+    assert "upload it there" in student.cells[0].source
+    published = make_student_version(nb, filename="99_x.ipynb", colab_base="https://github.com/t/c/blob/main/hw")
+    assert "(https://colab.research.google.com/github/t/c/blob/main/hw/99_x.ipynb)" in published.cells[0].source

@@ -190,7 +190,8 @@ class HostSyncSpy(TorchFunctionMode):
 @pytest.mark.parametrize("fused", [False, True])
 def test_no_host_sync_in_any_shipped_network_forward(fused):
     for name, recipe in RECIPES.items():
-        small = {"text_shapes": dict(train_images=8), "text_video": dict(train_clips=8)}
+        small = {"text_shapes": dict(train_images=8), "text_video": dict(train_clips=8),
+                 "reflow_digits": dict(pairs=8, pair_steps=2)}
         cfg = recipe.config(**small.get(name, {}))
         data = recipe.data(cfg)
         x, cond = (data[0][:4], data[1][:4]) if isinstance(data, tuple) else (data[:4], None)

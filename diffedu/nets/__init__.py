@@ -18,11 +18,13 @@ from .text import TextEncoder, TextToImageUNet, Tokenizer
 from .unet import UNet, set_fused_attention
 from .tangent import TangentMLP
 from .video import TemporalAttention, TextToVideoUNet
+from .distilled import ConsistencyModel, StepStudent
 
 #: Network classes by name, as written in ``config["name"]``.
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
                                     "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet,
-                                    "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet}
+                                    "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet,
+                                    "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
@@ -45,4 +47,4 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 __all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
            "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
            "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP", "TemporalAttention",
-           "TextToVideoUNet", "build_net"]
+           "TextToVideoUNet", "StepStudent", "ConsistencyModel", "build_net"]

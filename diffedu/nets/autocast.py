@@ -32,7 +32,12 @@ class Autocast(nn.Module):
         self.model = model
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=self.dtype):
             out = self.model(x, t) if cond is None else self.model(x, t, cond)  # (B, ...), low precision
         return out.to(x.dtype)                                                # (B, ...) in x's dtype

@@ -99,19 +99,27 @@ class NoisyClassifier(nn.Module):
         check_images(x, self.in_channels, self.channel_mults)
         check_time_and_labels(x, t, None, None)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | float
+    ) -> torch.Tensor:
         """Logits of p_phi(y | x_t, t) for noisy images x (B, C, H, W) at times t (B,) or (); returns (B, classes)."""
         t, _ = time_and_labels(x, t, None, None)                    # (B,)
 
-        emb = F.silu(self.time_mlp(t))                               # (B, E), shared by all blocks
-        h = self.conv_in(x)                                          # (B, C_0, H, W)
+        emb = F.silu(self.time_mlp(t))  # (B, E), shared by all blocks
+        h = self.conv_in(x)  # (B, C_0, H, W)
         for level in range(len(self.channel_mults)):
             for block in self.down_blocks[level]:
-                h = block(h, emb) if isinstance(block, ResBlock) else block(h)  # (B, C_level, H / 2**level, ...)
+                h = (
+                    block(h, emb) if isinstance(block, ResBlock) else block(h)
+                )  # (B, C_level, H / 2**level, ...)
             if level < len(self.channel_mults) - 1:
-                h = self.downsamples[level](h)                       # (B, C_level, H / 2**(level+1), ...)
-        h = self.mid_block_1(h, emb)                                 # (B, C_L, H_L, W_L)
-        h = self.mid_attn(h)                                         # (B, C_L, H_L, W_L)
-        h = self.mid_block_2(h, emb)                                 # (B, C_L, H_L, W_L)
-        h = F.silu(self.norm_out(h)).mean(dim=(2, 3))                # (B, C_L): global average pool
-        return self.head(h)                                          # (B, num_classes)
+                h = self.downsamples[level](
+                    h
+                )  # (B, C_level, H / 2**(level+1), ...)
+        h = self.mid_block_1(h, emb)  # (B, C_L, H_L, W_L)
+        h = self.mid_attn(h)  # (B, C_L, H_L, W_L)
+        h = self.mid_block_2(h, emb)  # (B, C_L, H_L, W_L)
+        h = F.silu(self.norm_out(h)).mean(
+            dim=(2, 3)
+        )  # (B, C_L): global average pool
+        return self.head(h)  # (B, num_classes)

@@ -104,7 +104,12 @@ class MLPDenoiser(nn.Module):
         check_finite("x", x)
         check_time_and_labels(x, t, cond, self.num_classes)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Predict ``self.prediction`` for noisy points x (B, D) at times t (B,) or (); returns (B, D)."""
         t, cond = time_and_labels(x, t, cond, self.num_classes)  # (B,), (B,) or None
 

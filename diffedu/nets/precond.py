@@ -43,7 +43,12 @@ class InputScaled(nn.Module):
         """The inner network's checks (once, at a sampler's entry)."""
         self.inner.check_inputs(x, t, cond)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
         sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t   # (B,) or ()
         c_in = (sigma ** 2 + self.sigma_data ** 2).rsqrt()                # (B,) or ()

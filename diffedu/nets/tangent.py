@@ -66,7 +66,12 @@ class TangentMLP(nn.Module):
         if cond is not None:
             raise ValueError("cond must be None: TangentMLP is unconditional")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])   # (B,)
         if self.prediction == "score":
             tau = (t.log() - math.log(self.t_min)) / math.log(self.t_max / self.t_min)          # (B,) in [0, 1]

@@ -99,18 +99,38 @@ class Tokenizer:
 class TextEncoder(nn.Module):
     """Token ids (B, T) -> token vectors (B, T, dim): embeddings + learned positions, Transformer layers, LayerNorm."""
 
-    def __init__(self, vocab_size: int, max_len: int, dim: int = 64, num_layers: int = 2, num_heads: int = 4) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        dim: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+    ) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, dim)
-        self.position_embedding = nn.Parameter(torch.randn(max_len, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.position_embedding = nn.Parameter(
+            torch.randn(max_len, dim) * 0.02
+        )
+        layer = nn.TransformerEncoderLayer(
+            dim,
+            num_heads,
+            dim_feedforward=2 * dim,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.layers = nn.TransformerEncoder(
+            layer, num_layers, enable_nested_tensor=False
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]  # (B, T, dim)
-        return self.norm(self.layers(h))                                       # (B, T, dim)
+        h = (
+            self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]
+        )  # (B, T, dim)
+        return self.norm(self.layers(h))  # (B, T, dim)
 
 
 class TextToImageUNet(nn.Module):
@@ -162,9 +182,16 @@ class TextToImageUNet(nn.Module):
                                  f"[{int(cond.min())}, {int(cond.max())}]")
         self.unet.check_inputs(x, t, context=torch.zeros(B, T, self.unet.context_dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if cond is None:
-            cond = self.tokenizer.null_tokens(x.shape[0]).to(x.device)  # the empty caption
+            cond = self.tokenizer.null_tokens(x.shape[0]).to(
+                x.device
+            )  # the empty caption
         context = self.encoder(cond.to(x.device))    # (B, T, text_dim)
         return self.unet(x, t, context=context)      # (B, C, H, W)
 

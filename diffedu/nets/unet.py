@@ -148,16 +148,26 @@ class CrossAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        if self.fused:                                 # torch's fused kernel: the same outputs, no weights
+        if self.fused:  # torch's fused kernel: the same outputs, no weights
             self.last_weights = None
             return x + self.fused_branch(x, context)
         T, d = context.shape[1], C // self.num_heads
-        q = self.to_q(self.norm(x)).reshape(B, self.num_heads, d, H * W)           # (B, heads, d, HW)
-        k = self.to_k(context).reshape(B, T, self.num_heads, d).permute(0, 2, 3, 1)  # (B, heads, d, T)
-        v = self.to_v(context).reshape(B, T, self.num_heads, d).permute(0, 2, 3, 1)  # (B, heads, d, T)
-        h, weights = attention(q, k, v)                                             # (B, heads, d, HW)
-        self.last_weights = weights.detach()                                        # (B, heads, HW, T)
-        return x + self.proj_out(h.reshape(B, C, H, W))                             # (B, C, H, W)
+        q = self.to_q(self.norm(x)).reshape(
+            B, self.num_heads, d, H * W
+        )  # (B, heads, d, HW)
+        k = (
+            self.to_k(context)
+            .reshape(B, T, self.num_heads, d)
+            .permute(0, 2, 3, 1)
+        )  # (B, heads, d, T)
+        v = (
+            self.to_v(context)
+            .reshape(B, T, self.num_heads, d)
+            .permute(0, 2, 3, 1)
+        )  # (B, heads, d, T)
+        h, weights = attention(q, k, v)  # (B, heads, d, HW)
+        self.last_weights = weights.detach()  # (B, heads, HW, T)
+        return x + self.proj_out(h.reshape(B, C, H, W))  # (B, C, H, W)
 
     def fused_branch(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """W_o MultiHead(GN(x), context) by torch's fused kernel, on tokens (B, HW, C): same weights and formula."""
@@ -416,7 +426,7 @@ class UNet(nn.Module):
             emb = emb + self.context_embedding(context.mean(dim=1))  # (B, E), pooled text
         emb = F.silu(emb)                                            # (B, E), shared by all blocks
 
-        h = self.conv_in(x)                                          # (B, C_0, H, W)
+        h = self.conv_in(x)  # (B, C_0, H, W)
         skips = [h]
         for level in range(len(self.channel_mults)):
             for j, (block, attn) in enumerate(zip(self.down_blocks[level], self.down_attns[level])):
@@ -425,14 +435,16 @@ class UNet(nn.Module):
                     h = self.down_cross[level][j](h, context)        # (B, C_level, H / 2**level, W / 2**level)
                 skips.append(h)
             if level < len(self.channel_mults) - 1:
-                h = self.downsamples[level](h)                       # (B, C_level, H / 2**(level+1), ...)
+                h = self.downsamples[level](
+                    h
+                )  # (B, C_level, H / 2**(level+1), ...)
                 skips.append(h)
 
         h = self.mid_block_1(h, emb)                                 # (B, C_L, H_L, W_L), L = lowest level
-        h = self.mid_attn(h)                                         # (B, C_L, H_L, W_L)
+        h = self.mid_attn(h)  # (B, C_L, H_L, W_L)
         if context is not None:
             h = self.mid_cross(h, context)                           # (B, C_L, H_L, W_L)
-        h = self.mid_block_2(h, emb)                                 # (B, C_L, H_L, W_L)
+        h = self.mid_block_2(h, emb)  # (B, C_L, H_L, W_L)
 
         for i, level in enumerate(reversed(range(len(self.channel_mults)))):
             for j, (block, attn) in enumerate(zip(self.up_blocks[i], self.up_attns[i])):
