@@ -486,15 +486,31 @@ def text_video_loss(cfg: TextVideoConfig) -> LossFn:
     random frame of each, as a clip of length 1 with its still caption; captions dropped with p_uncond (CFG)."""
     schedule = linear_schedule()
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...], g: torch.Generator) -> torch.Tensor:
-        x, ids, still_ids = batch                              # (B, 3, F, 16, 16), (B, T), (B, T)
+    def loss_fn(
+        m: nn.Module, batch: tuple[torch.Tensor, ...], g: torch.Generator
+    ) -> torch.Tensor:
+        # (B, 3, F, 16, 16), (B, T), (B, T)
+        x, ids, still_ids = batch
         B, frames = x.shape[0], x.shape[2]
         pick = torch.randint(frames, (B,), generator=g, device=x.device)
-        images = x[torch.arange(B, device=x.device), :, pick][:, :, None]  # (B, 3, 1, 16, 16)
-        clip_loss = ddpm_loss(m, x, schedule, cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
-                              generator=g)
-        image_loss = ddpm_loss(m, images, schedule, generator=g,
-                               cond=drop_labels(still_ids, cfg.p_uncond, m.null_label, generator=g))
+        # (B, 3, 1, 16, 16)
+        images = x[torch.arange(B, device=x.device), :, pick][:, :, None]
+        clip_loss = ddpm_loss(
+            m,
+            x,
+            schedule,
+            cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
+            generator=g,
+        )
+        image_loss = ddpm_loss(
+            m,
+            images,
+            schedule,
+            generator=g,
+            cond=drop_labels(
+                still_ids, cfg.p_uncond, m.null_label, generator=g
+            ),
+        )
         return clip_loss + image_loss
 
     return loss_fn

@@ -51,20 +51,27 @@ class TemporalAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, frames: int) -> torch.Tensor:
         BF, C, H, W = h.shape
-        if frames == 1:                                     # one frame: nothing to attend to, the image model
+        if frames == 1:  # one frame: nothing to attend to, the image model
             self.last_weights = None
             return h
         B, heads, d = BF // frames, self.num_heads, C // self.num_heads
-        u = self.norm(h).reshape(B, frames, C, H * W).permute(0, 3, 1, 2)   # (B, HW, F, C)
+        # (B, HW, F, C)
+        u = self.norm(h).reshape(B, frames, C, H * W).permute(0, 3, 1, 2)
         if self.frame_embedding is not None:
-            u = u + self.frame_embedding[:frames]                            # (B, HW, F, C), + e_f
-        qkv = self.qkv(u).reshape(B * H * W, frames, 3, heads, d)            # (B HW, F, 3, heads, d)
-        q, k, v = qkv.permute(2, 0, 3, 4, 1).unbind(0)                       # (B HW, heads, d, F) each
-        out, weights = attention(q, k, v)                                    # (B HW, heads, d, F)
-        self.last_weights = weights.detach().reshape(B, H * W, heads, frames, frames)
-        out = out.reshape(B, H * W, C, frames).permute(0, 3, 1, 2)           # (B, F, HW, C)
-        out = self.proj_out(out)                                             # (B, F, HW, C)
-        return h + out.transpose(2, 3).reshape(BF, C, H, W)                  # (B F, C, H, W)
+            u = u + self.frame_embedding[:frames]  # (B, HW, F, C), + e_f
+        # (B HW, F, 3, heads, d)
+        qkv = self.qkv(u).reshape(B * H * W, frames, 3, heads, d)
+        # (B HW, heads, d, F) each
+        q, k, v = qkv.permute(2, 0, 3, 4, 1).unbind(0)
+        out, weights = attention(q, k, v)  # (B HW, heads, d, F)
+        self.last_weights = weights.detach().reshape(
+            B, H * W, heads, frames, frames
+        )
+        # (B, F, HW, C)
+        out = out.reshape(B, H * W, C, frames).permute(0, 3, 1, 2)
+        out = self.proj_out(out)  # (B, F, HW, C)
+        # (B F, C, H, W)
+        return h + out.transpose(2, 3).reshape(BF, C, H, W)
 
 
 class NoTemporal(nn.Module):
@@ -153,35 +160,50 @@ class TextToVideoUNet(nn.Module):
         out = self.space_time_unet(frames, t.repeat_interleave(Fr), context.repeat_interleave(Fr, dim=0), Fr)
         return out.reshape(B, Fr, C, H, W).transpose(1, 2)                   # (B, C, F, H, W)
 
-    def space_time_unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
+    def space_time_unet(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        frames: int,
+    ) -> torch.Tensor:
         """``UNet.forward`` of chapter 12's net on frames (B F, C, H, W), with a temporal attention after every
         cross-attention (Ho et al., 2022, Sec. 3). With frames = 1 it is exactly ``net.image.unet``."""
         u = self.image.unet
-        emb = F.silu(u.time_mlp(t) + u.context_embedding(context.mean(dim=1)))  # (B F, E), time + pooled text
+        # (B F, E): time + pooled text
+        emb = F.silu(u.time_mlp(t) + u.context_embedding(context.mean(dim=1)))
 
-        h = u.conv_in(x)                                                     # (B F, C_0, H, W)
+        h = u.conv_in(x)  # (B F, C_0, H, W)
         skips = [h]
         for level in range(len(u.channel_mults)):
-            for j, (block, attn) in enumerate(zip(u.down_blocks[level], u.down_attns[level])):
-                h = u.down_cross[level][j](attn(block(h, emb)), context)     # per frame: space and text
-                h = self.down_temporal[level][j](h, frames)                  # across frames: time
+            blocks = zip(u.down_blocks[level], u.down_attns[level])
+            for j, (block, attn) in enumerate(blocks):
+                # per frame: space and text
+                h = u.down_cross[level][j](attn(block(h, emb)), context)
+                # across frames: time
+                h = self.down_temporal[level][j](h, frames)
                 skips.append(h)
             if level < len(u.channel_mults) - 1:
-                h = u.downsamples[level](h)                                  # (B F, C, H / 2**(level+1), ...)
+                # (B F, C, H / 2**(level+1), ...)
+                h = u.downsamples[level](h)
                 skips.append(h)
 
-        h = u.mid_cross(u.mid_attn(u.mid_block_1(h, emb)), context)          # (B F, C_L, H_L, W_L)
-        h = u.mid_block_2(self.mid_temporal(h, frames), emb)                 # (B F, C_L, H_L, W_L)
+        # (B F, C_L, H_L, W_L)
+        h = u.mid_cross(u.mid_attn(u.mid_block_1(h, emb)), context)
+        h = u.mid_block_2(self.mid_temporal(h, frames), emb)
 
         for i, level in enumerate(reversed(range(len(u.channel_mults)))):
-            for j, (block, attn) in enumerate(zip(u.up_blocks[i], u.up_attns[i])):
-                h = torch.cat([h, skips.pop()], dim=1)                       # (B F, C + C_skip, ...)
-                h = u.up_cross[i][j](attn(block(h, emb)), context)           # per frame: space and text
-                h = self.up_temporal[i][j](h, frames)                        # across frames: time
+            blocks = zip(u.up_blocks[i], u.up_attns[i])
+            for j, (block, attn) in enumerate(blocks):
+                # (B F, C + C_skip, ...)
+                h = torch.cat([h, skips.pop()], dim=1)
+                # per frame: space and text
+                h = u.up_cross[i][j](attn(block(h, emb)), context)
+                h = self.up_temporal[i][j](h, frames)  # across frames: time
             if level > 0:
-                h = u.upsamples[i](h)                                        # (B F, C, H / 2**(level-1), ...)
+                h = u.upsamples[i](h)  # (B F, C, H / 2**(level-1), ...)
 
-        return u.conv_out(F.silu(u.norm_out(h)))                             # (B F, C, H, W)
+        return u.conv_out(F.silu(u.norm_out(h)))  # (B F, C, H, W)
 
     def temporal_attention_maps(self) -> list[torch.Tensor]:
         """The weights (B, H*W, heads, F, F) of every temporal attention in the last forward call (of more than
