@@ -46,5 +46,5 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 
 __all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
            "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
-           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP", "TemporalAttention",
-           "TextToVideoUNet", "StepStudent", "ConsistencyModel", "build_net"]
+           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP",
+           "TemporalAttention", "TextToVideoUNet", "StepStudent", "ConsistencyModel", "build_net"]
