@@ -48,7 +48,7 @@ from .grids import geometric_sigmas, index_grid
 from .guidance import ClassifierFreeGuidance, drop_labels
 from .metrics import digits_classifier, frechet_distance
 from .ncsn import annealed_langevin_sample, dsm_loss
-from .nets import InputScaled, NoisyClassifier, TextToImageUNet, UNet
+from .nets import InputScaled, NoisyClassifier, TextToImageUNet, TextToVideoUNet, UNet
 from .nets.text import Tokenizer
 from .nets.unet import set_fused_attention
 from .pretrained import register_checkpoint
@@ -56,6 +56,8 @@ from .schedules import VE, linear_schedule
 from .shapes import HELD_OUT, SIZES, VOCABULARY, ShapeSpec, make_shapes, shapes_probe
 from .train import train
 from .utils import full_mode, pick_device, seed_everything
+from .video import HELD_OUT_CLIPS, MAX_FRAMES, SPEEDS, ClipSpec, clip_probe, make_clips
+from .video import VOCABULARY as VIDEO_VOCABULARY
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
 
@@ -378,6 +380,142 @@ def text_shapes_loss(cfg: TextShapesConfig) -> LossFn:
     return loss_fn
 
 
+@dataclass
+class TextVideoConfig(DigitsTrainConfig):
+    """The text_video recipe: a text-to-video DDPM on captioned moving shapes (chapter 13b).
+
+    Chapter 12's text-to-image net (16, 32, 32 channels, 2-layer text encoder with 32-dimensional tokens) with a
+    temporal attention after every cross-attention (``TextToVideoUNet``), trained from scratch by the eps loss on
+    the linear 1000-step chain, jointly on clips and single frames (Ho et al. 2022, Sec. 3.1): every step takes
+    batch_size clips of 8 frames and one random frame of each as a clip of length 1 with its still caption ("a red
+    circle"), and adds the two losses. Captions are dropped with p_uncond for CFG. ``HELD_OUT_CLIPS`` combinations
+    are never shown; evaluation samples eval_per_caption clips of every held-out and of 24 seen captions (DDIM,
+    eval_steps steps, eta = eval_eta, guidance scale eval_scale) and the frame-independent baseline (every frame
+    sampled alone by the image path, from the still caption) and reads them with ``ClipProbe``.
+    """
+
+    steps: int = 2_500
+    batch_size: int = 8
+    lr: float = 2e-3
+    base_channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    dropout: float = 0.0
+    train_clips: int = 6_000
+    text_dim: int = 32
+    text_layers: int = 2
+    temporal_levels: tuple[int, ...] = (1, 2)
+    p_uncond: float = 0.1
+    eval_per_caption: int = 4
+    eval_steps: int = 25
+    eval_eta: float = 1.0
+    eval_scale: float = 3.0
+
+
+def text_video_unet(cfg: TextVideoConfig) -> TextToVideoUNet:
+    """The chapter 13b net: chapter 12's text-to-image UNet with temporal attention, clips of up to 8 frames."""
+    return TextToVideoUNet(vocabulary=VIDEO_VOCABULARY, max_len=6, max_frames=MAX_FRAMES, text_dim=cfg.text_dim,
+                           text_layers=cfg.text_layers, text_heads=4, temporal_levels=cfg.temporal_levels,
+                           unet=dict(in_channels=3, base_channels=cfg.base_channels,
+                                     channel_mults=cfg.channel_mults, dropout=cfg.dropout, prediction="eps"))
+
+
+def held_out_clip_captions() -> list[str]:
+    """Captions of every HELD_OUT_CLIPS triple: without a speed word and with each speed (24 captions)."""
+    captions = []
+    for colour, shape, direction in HELD_OUT_CLIPS:
+        spec = ClipSpec(shape, colour, direction, "slowly")
+        captions += [spec.caption(with_speed=False)] + [ClipSpec(shape, colour, direction, v).caption()
+                                                        for v in SPEEDS]
+    return captions
+
+
+def seen_clip_captions(count: int = 24, seed: int = 0) -> list[str]:
+    """``count`` captions of training combinations (distinct, seeded), for comparison with the held-out ones."""
+    return sorted(set(make_clips(4 * count, split="train", frames=1, seed=seed + 100).captions))[:count]
+
+
+@torch.no_grad()
+def sample_clips(model: TextToVideoUNet, captions: list[str], cfg: TextVideoConfig, frames: int = MAX_FRAMES,
+                 independent: bool = False, device: torch.device | str | None = None,
+                 progress: bool = False) -> torch.Tensor:
+    """CFG + DDIM clips (N, 3, frames, 16, 16) for ``captions``, seeded by cfg.seed. ``independent``: the
+    frame-independent baseline, every frame drawn alone as a clip of length 1 by the image path (from the
+    captions without their motion words), then stacked in time."""
+    device = pick_device(device)
+    schedule = linear_schedule()
+    guided = ClassifierFreeGuidance(model, cfg.eval_scale, null_label=model.null_label)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    if independent:
+        stills = [c.split(" moving")[0] for c in captions for _ in range(frames)]  # N * frames still captions
+        x_T = torch.randn(len(stills), 3, 1, 16, 16, generator=g, device=device)
+        x = ddim_sample(guided, x_T, schedule, index_grid(schedule, cfg.eval_steps), eta=cfg.eval_eta,
+                        cond=model.tokenize(stills), generator=g, progress=progress)
+        return x.reshape(len(captions), frames, 3, 16, 16).transpose(1, 2).cpu()     # (N, 3, F, 16, 16)
+    x_T = torch.randn(len(captions), 3, frames, 16, 16, generator=g, device=device)
+    return ddim_sample(guided, x_T, schedule, index_grid(schedule, cfg.eval_steps), eta=cfg.eval_eta,
+                       cond=model.tokenize(captions), generator=g, progress=progress).cpu()
+
+
+@torch.no_grad()
+def evaluate_text_video(model: torch.nn.Module, cfg: TextVideoConfig,
+                        device: torch.device | str | None = None) -> dict[str, float]:
+    """Probe agreement of CFG clips with held-out and seen captions, and of the frame-independent baseline with the
+    held-out captions (per attribute, all, consistency, path_rms)."""
+    probe = clip_probe()
+    out = {}
+    held = [c for c in held_out_clip_captions() for _ in range(cfg.eval_per_caption)]
+    seen = [c for c in seen_clip_captions() for _ in range(cfg.eval_per_caption)]
+    for split, captions, independent in (("held_out", held, False), ("seen", seen, False),
+                                         ("baseline_held_out", held, True)):
+        x = sample_clips(model, captions, cfg, independent=independent, device=device)
+        for key, value in probe.agreement(x, captions).items():
+            out[f"{split}_{key}"] = value
+    return out
+
+
+def text_video_data(cfg: TextVideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """train_clips captioned clips (``make_clips``, held-out combinations never drawn), the token ids of their
+    captions and of their still captions (for the single frames)."""
+    data = make_clips(cfg.train_clips, split="train", seed=cfg.seed)
+    tokenizer = Tokenizer(VIDEO_VOCABULARY, max_len=6)
+    return data.x, tokenizer.encode(data.captions), tokenizer.encode(data.still_captions)
+
+
+def text_video_loss(cfg: TextVideoConfig) -> LossFn:
+    """Joint video-image training (Ho et al. 2022, Sec. 3.1): DDPM's loss on the clips plus DDPM's loss on one
+    random frame of each, as a clip of length 1 with its still caption; captions dropped with p_uncond (CFG)."""
+    schedule = linear_schedule()
+
+    def loss_fn(
+        m: nn.Module, batch: tuple[torch.Tensor, ...], g: torch.Generator
+    ) -> torch.Tensor:
+        # (B, 3, F, 16, 16), (B, T), (B, T)
+        x, ids, still_ids = batch
+        B, frames = x.shape[0], x.shape[2]
+        pick = torch.randint(frames, (B,), generator=g, device=x.device)
+        # (B, 3, 1, 16, 16)
+        images = x[torch.arange(B, device=x.device), :, pick][:, :, None]
+        clip_loss = ddpm_loss(
+            m,
+            x,
+            schedule,
+            cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
+            generator=g,
+        )
+        image_loss = ddpm_loss(
+            m,
+            images,
+            schedule,
+            generator=g,
+            cond=drop_labels(
+                still_ids, cfg.p_uncond, m.null_label, generator=g
+            ),
+        )
+        return clip_loss + image_loss
+
+    return loss_fn
+
+
 # --- the table and its runner ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -425,6 +563,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            dict(schedule="linear(N=1000)", loss="ddpm_loss eps with caption dropout (Ho & Salimans 2022)",
                 data="diffedu.shapes.make_shapes({train_images}, split='train', seed={seed}); held out: "
                      + str([" ".join(t) for t in HELD_OUT]))),
+    Recipe("text_video", TextVideoConfig, text_video_unet, text_video_data, text_video_loss,
+           evaluate_text_video, lambda cfg: "held_out_all",
+           dict(schedule="linear(N=1000)", loss="ddpm_loss eps on clips + on single frames (Ho et al. 2022, "
+                "Sec. 3.1), caption dropout (Ho & Salimans 2022)",
+                data="diffedu.video.make_clips({train_clips}, split='train', seed={seed}); held out: "
+                     + str([" ".join(t) for t in HELD_OUT_CLIPS]))),
     Recipe("progressive_digits", dr.ProgressiveConfig, dr.progressive_student, dr.digits, lambda cfg: None,
            dr.evaluate_progressive, lambda cfg: f"pixel_fd_nfe{cfg.ship_steps}",
            dict(schedule="linear(N=1000), student grid index_grid(schedule, K)",
@@ -449,6 +593,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 ]}
 ddpm_digits, ncsn_digits, cfg_digits = RECIPES["ddpm_digits"], RECIPES["ncsn_digits"], RECIPES["cfg_digits"]
 classifier_digits, text_shapes = RECIPES["classifier_digits"], RECIPES["text_shapes"]
+text_video = RECIPES["text_video"]
 
 
 @dataclass(frozen=True)
@@ -469,6 +614,7 @@ FULL_MODE: dict[str, FullMode] = {
     "cfg_digits": FullMode(dict(steps=32_000, batch_size=256, eval_per_class=200)),
     "classifier_digits": FullMode(dict(steps=32_000, batch_size=256)),
     "text_shapes": FullMode(dict(steps=48_000, batch_size=256, train_images=80_000, eval_per_caption=32)),
+    "text_video": FullMode(dict(steps=14_000, batch_size=64, train_clips=24_000, eval_per_caption=16)),
     "progressive_digits": FullMode(dict(steps=4_000, first_round_steps=8_000, batch_size=256, teacher_steps=256,
                                         rounds=8, eval_samples=2_000)),
     "consistency_digits": FullMode(dict(steps=20_000, batch_size=256, eval_samples=2_000)),

@@ -44,10 +44,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def recipe_parts(name: str, batch: int) -> tuple[Any, Any, Any]:
-    """The recipe's config (text_shapes with just enough images, reflow with just enough pairs), training data
-    and loss (progressive distillation: its first round's)."""
+    """The recipe's config (text_shapes and text_video with just enough images or clips, reflow with just enough
+    pairs), training data and loss (progressive distillation: its first round's)."""
     recipe = RECIPES[name]
-    small = {"text_shapes": dict(train_images=max(batch, 512)), "reflow_digits": dict(pairs=batch, pair_steps=2)}
+    small = {"text_shapes": dict(train_images=max(batch, 512)), "text_video": dict(train_clips=max(batch, 64)),
+             "reflow_digits": dict(pairs=batch, pair_steps=2)}
     cfg = recipe.config(**small.get(name, {}))
     if recipe.fit is not None:  # progressive_digits: several rounds; time the first round's loss
         from diffedu.distill import ProgressiveDistillation

@@ -74,7 +74,7 @@ def test_toc_lists_only_existing_files_and_every_chapter():
     missing = [p for p in PAGES if not any((ROOT / f"{p}{ext}").exists() for ext in (".md", ".ipynb"))]
     assert not missing, f"_toc.yml names files that do not exist: {missing}"
     assert TOC.get("root") == "book/intro", "the book's root page must be book/intro"
-    on_disk = sorted(f"chapters/{p.stem}" for p in (ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+    on_disk = sorted(f"chapters/{p.stem}" for p in (ROOT / "chapters").glob("[0-9][0-9]*_*.ipynb"))
     left_out = [c for c in on_disk if c not in CHAPTERS]
     assert not left_out, f"chapter notebooks not listed in _toc.yml (add them under their part): {left_out}"
 

@@ -190,15 +190,16 @@ class HostSyncSpy(TorchFunctionMode):
 @pytest.mark.parametrize("fused", [False, True])
 def test_no_host_sync_in_any_shipped_network_forward(fused):
     for name, recipe in RECIPES.items():
-        small = {"text_shapes": dict(train_images=8), "reflow_digits": dict(pairs=8, pair_steps=2)}
+        small = {"text_shapes": dict(train_images=8), "text_video": dict(train_clips=8),
+                 "reflow_digits": dict(pairs=8, pair_steps=2)}
         cfg = recipe.config(**small.get(name, {}))
         data = recipe.data(cfg)
         x, cond = (data[0][:4], data[1][:4]) if isinstance(data, tuple) else (data[:4], None)
         net = set_fused_attention(recipe.network(cfg).eval(), fused)
         t = torch.rand(4)
         calls = [lambda: net(x, t)] if name == "classifier_digits" else [lambda: net(x, t, cond)]
-        if name in ("cfg_digits", "text_shapes"):  # and classifier-free guidance around them
-            null = net.null_label if name == "text_shapes" else 10
+        if name in ("cfg_digits", "text_shapes", "text_video"):  # and classifier-free guidance around them
+            null = 10 if name == "cfg_digits" else net.null_label
             calls.append(lambda: ClassifierFreeGuidance(net, 2.0, null_label=null)(x, t, cond))
         for call in calls:
             with torch.no_grad(), HostSyncSpy() as spy:

@@ -26,8 +26,8 @@ from diffedu.exercises import STUDENT_NOTE, add_nbgrader_metadata, make_student_
 from diffedu.layout import HIDE_TAG, MIN_PLOT_LINES, PROMPTS, is_long_plotting_cell, is_plotting_only
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
-SOURCES = sorted((ROOT / "chapters" / "md").glob("[0-9][0-9]_*.md"))
+CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]*_*.ipynb"))
+SOURCES = sorted((ROOT / "chapters" / "md").glob("[0-9][0-9]*_*.md"))
 PAGES = sorted((ROOT / "book").glob("*.md")) + [ROOT / "book" / "references.bib", ROOT / "README.md"]
 CODE_WIDTH = 79
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -179,7 +179,7 @@ def test_plotting_cells_and_solutions_are_collapsed_with_their_toggle(path):
         elif HIDE_TAG in tags:
             problems.append(f"cell {k}: collapsed, but neither a solution nor plotting-only "
                             f"(>= {MIN_PLOT_LINES} lines): the reader should see it")
-    assert not problems, f"{path.name} (re-make it: make chapter N={path.stem[:2]}):\n" + "\n".join(problems)
+    assert not problems, f"{path.name} (re-make it: make chapter N={path.stem.split('_')[0]}):\n" + "\n".join(problems)
 
 
 # --------------------------------------------------------------------------------------------- classroom
@@ -191,7 +191,7 @@ def test_nbgrader_metadata_is_committed_and_valid(path):
     expected = nbformat.read(path, as_version=4)
     exercises = add_nbgrader_metadata(expected, path.name)
     assert committed == [c.metadata["nbgrader"] for c in expected.cells], \
-        f"re-make the chapter (make chapter N={path.stem[:2]}): its nbgrader metadata is stale"
+        f"re-make the chapter (make chapter N={path.stem.split('_')[0]}): its nbgrader metadata is stale"
     points = [c.metadata["nbgrader"] for c in nb.cells if c.metadata["nbgrader"]["grade"]]
     assert len(points) == exercises and all(m["points"] > 0 for m in points)
     validator = pytest.importorskip("nbgrader.nbgraderformat").MetadataValidator()

@@ -12,7 +12,7 @@ from diffedu.recipes import (DigitsCFGConfig, DigitsDDPMConfig, DigitsNCSNConfig
                              ncsn_digits)
 from diffedu.schedules import VE, linear_schedule
 
-SHIPPED = ["ddpm_digits", "ncsn_digits", "cfg_digits", "classifier_digits", "text_shapes",
+SHIPPED = ["ddpm_digits", "ncsn_digits", "cfg_digits", "classifier_digits", "text_shapes", "text_video",
            "progressive_digits", "consistency_digits", "consistency_training_digits", "reflow_digits"]
 
 

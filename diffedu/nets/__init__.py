@@ -17,12 +17,13 @@ from .precond import InputScaled
 from .text import TextEncoder, TextToImageUNet, Tokenizer
 from .unet import UNet, set_fused_attention
 from .tangent import TangentMLP
+from .video import TemporalAttention, TextToVideoUNet
 from .distilled import ConsistencyModel, StepStudent
 
 #: Network classes by name, as written in ``config["name"]``.
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
                                     "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet,
-                                    "TangentMLP": TangentMLP,
+                                    "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet,
                                     "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel}
 
 
@@ -45,5 +46,5 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 
 __all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
            "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
-           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP", "StepStudent",
-           "ConsistencyModel", "build_net"]
+           "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP",
+           "TemporalAttention", "TextToVideoUNet", "StepStudent", "ConsistencyModel", "build_net"]
