@@ -378,7 +378,8 @@ PROBE_JS = r"""
     document.querySelectorAll("div.cell_output img").forEach(function (img) {
       if (img.naturalWidth > 0) out.figures.push([img.getBoundingClientRect().width, img.naturalWidth]);
     });
-    document.querySelectorAll("details summary").forEach(function (s) {  // the "show" text, as displayed
+    // the cells' toggles, as displayed (the sidebar's own toggles, e.g. of a chapter's sections, are icons)
+    article.querySelectorAll("details summary").forEach(function (s) {
       var shown = Array.prototype.filter.call(s.querySelectorAll("span"), function (x) {
         return x.offsetParent !== null && x.children.length === 0 && x.textContent.trim(); });
       out.toggles.push(shown.length ? shown[0].textContent.trim() : s.textContent.trim().split("\n")[0]);
