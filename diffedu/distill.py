@@ -34,22 +34,19 @@ from .checks import check_finite, check_int, check_scalar
 from .grids import check_index_grid, index_coefficients, index_grid, sigma_grid, time_of_sigma
 from .predictions import predict_x0_eps_at, prediction_of, targets
 from .sampling import Recorder, Trajectory, check_sampler_inputs
-from .schedules import DiscreteSchedule, NoiseSchedule, check_discrete
+from .samplers import dpmpp_2m_sample
+from .schedules import DiscreteSchedule, NoiseSchedule, broadcast_to, check_discrete
 from .toy import GaussianMixture
 
 Tensor = torch.Tensor
 
 
-def _at(table: Tensor, i: Tensor, like: Tensor) -> Tensor:
-    """table[i] for a float64 table and (B,) indices, shaped (B, 1, ...) in like's dtype and device."""
-    return table.to(i.device)[i].to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def chain_coefficients(schedule: DiscreteSchedule, i: Tensor, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(t_i, alpha_i, sigma_i) for (B,) chain indices: t as (B,), alpha and sigma as (B, 1, ...)."""
-    a = schedule.alpha_bars
+    """(t_i, alpha_i, sigma_i) for (B,) chain indices: t as (B,), alpha and sigma as (B, 1, ...), in like's dtype
+    and device (the float64 tables are indexed on the indices' device: no host sync)."""
+    a = schedule.alpha_bars.to(i.device)[i]                                # (B,) float64
     t = schedule.times.to(i.device)[i].to(device=like.device, dtype=like.dtype)
-    return t, _at(a.sqrt(), i, like), _at((1 - a).sqrt(), i, like)
+    return t, broadcast_to(a.sqrt(), like), broadcast_to((1 - a).sqrt(), like)
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -298,8 +295,6 @@ def teacher_pairs(teacher: Callable, n: int, shape: tuple[int, ...], schedule: D
                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """n coupled pairs (z, x0): z ~ N(0, I) and x0 = the teacher's probability-flow ODE from z (DPM-Solver++(2M),
     ``steps`` calls on the log-SNR grid: chapter 5's best few-step solver). The cost: n x steps teacher calls."""
-    from .samplers import dpmpp_2m_sample
-
     n = check_int("n", n, 1)
     z = torch.randn((n, *shape), generator=generator, device=device, dtype=dtype)
     grid = sigma_grid(schedule, steps, "logsnr")

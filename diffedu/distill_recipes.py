@@ -24,10 +24,11 @@ from .data import load_digits
 from .ddim import ddim_sample
 from .distill import (ConsistencyLoss, progressive_distillation, reflow_loss, student_grid, teacher_pairs,
                       consistency_sample)
-from .grids import index_grid
+from .grids import index_grid, sigma_grid
 from .metrics import digits_classifier, digits_feature_classifier, frechet_distance
 from .nets import ConsistencyModel, StepStudent, UNet
 from .pretrained import load_pretrained
+from .samplers import dpmpp_2m_sample
 from .schedules import linear_schedule
 from .train import TrainResult, train
 
@@ -138,7 +139,10 @@ def score_sampler(sample: Callable[[torch.Tensor, int], torch.Tensor], nfes: tup
 
 def progressive_student(cfg: ProgressiveConfig) -> StepStudent:
     """The first round's student: the teacher's UNet predicting v, for teacher_steps / 2 steps."""
-    return StepStudent(student_unet(cfg, "v").config, cfg.teacher_steps // 2)
+    unet = student_unet(cfg, "v")
+    student = StepStudent(unet.config, cfg.teacher_steps // 2)
+    student.inner.load_state_dict(unet.state_dict())
+    return student
 
 
 def fit_progressive(model: StepStudent, cfg: ProgressiveConfig, data: torch.Tensor,
@@ -146,11 +150,12 @@ def fit_progressive(model: StepStudent, cfg: ProgressiveConfig, data: torch.Tens
     """All rounds (``progressive_distillation``); returns the shipped round's result with every round's scores in
     ``result.history`` and the total wall time."""
     schedule, device = linear_schedule(), train_kwargs["device"]
-    first = student_unet(cfg, "v").state_dict()
 
     def make_student(teacher: nn.Module, K: int) -> StepStudent:
+        if K == model.steps:  # the first round: ``model`` already holds the teacher's weights
+            return model
         student = StepStudent(model.inner.config, K)
-        student.inner.load_state_dict(first if K == cfg.teacher_steps // 2 else teacher.inner.state_dict())
+        student.inner.load_state_dict(teacher.inner.state_dict())  # the previous round's student
         return student
 
     def train_round(student, loss, x, **kw):
@@ -237,21 +242,18 @@ def distillation_scoreboard(n: int = 200, nfes: tuple[int, ...] = NFES,
                             device: torch.device | str = "cpu") -> dict[tuple[str, int], dict[str, float]]:
     """Every shipped student of ``ddpm_digits`` and the teacher's DDIM and DPM-Solver++(2M), each at the NFEs its
     method allows, scored by ``sample_scores`` on ``n`` samples from the seed-5 noises: {(method, nfe): scores}."""
-    from .samplers import dpmpp_2m_sample
-    from .grids import sigma_grid
-
     schedule = linear_schedule()
     z = noise_for_eval(n, device)
     teacher = load_pretrained("ddpm_digits", device=device)
     pd = load_pretrained("progressive_digits", device=device)
+    reflow = load_pretrained("reflow_digits", device=device)
     runs = {
         "teacher DDIM": lambda k: ddim_sample(teacher, z, schedule, index_grid(schedule, k), progress=False),
         "teacher DPM-Solver++(2M)": lambda k: dpmpp_2m_sample(teacher, z, schedule, sigma_grid(schedule, k, "logsnr"),
                                                               progress=False),
         "progressive": lambda k: ddim_sample(pd, z, schedule, student_grid(pd, schedule, k), progress=False)
         if k == pd.steps else None,
-        "reflow": lambda k: ddim_sample(load_pretrained("reflow_digits", device=device), z, schedule,
-                                        index_grid(schedule, k), progress=False),
+        "reflow": lambda k: ddim_sample(reflow, z, schedule, index_grid(schedule, k), progress=False),
     }
     for name, label in [("consistency_digits", "consistency distillation"),
                         ("consistency_training_digits", "consistency training")]:
