@@ -10,9 +10,11 @@ from typing import Any
 from torch import nn
 
 from .autocast import Autocast
+from .autoencoder import Autoencoder
+from .dit import DiT
 from .embeddings import PREDICTIONS, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
 from .mlp import MLPDenoiser
-from .classifier import NoisyClassifier
+from .classifier import DigitReader, NoisyClassifier
 from .precond import InputScaled
 from .text import TextEncoder, TextToImageUNet, Tokenizer
 from .unet import UNet, set_fused_attention
@@ -24,7 +26,9 @@ from .distilled import ConsistencyModel, StepStudent
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
                                     "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet,
                                     "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet,
-                                    "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel}
+                                    "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel,
+                                    "Autoencoder": Autoencoder, "DigitReader": DigitReader,
+                                    "DiT": DiT}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
@@ -47,4 +51,4 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 __all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
            "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
            "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP",
-           "TemporalAttention", "TextToVideoUNet", "StepStudent", "ConsistencyModel", "build_net"]
+           "TemporalAttention", "TextToVideoUNet", "StepStudent", "ConsistencyModel", "Autoencoder", "DigitReader", "DiT", "build_net"]
