@@ -19,12 +19,19 @@ from .unet import UNet, set_fused_attention
 from .tangent import TangentMLP
 from .video import TemporalAttention, TextToVideoUNet
 from .distilled import ConsistencyModel, StepStudent
+from ..autoregressive import MADE
+from ..families import GAN, VAE
+from ..flow_matching import FlowMatchingModel
+from ..flows import CouplingFlow
 
 #: Network classes by name, as written in ``config["name"]``.
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
                                     "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet,
                                     "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet,
-                                    "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel}
+                                    "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel,
+                                    # chapter 14's other families (not denoisers: no t, no prediction)
+                                    "VAE": VAE, "GAN": GAN, "MADE": MADE, "CouplingFlow": CouplingFlow,
+                                    "FlowMatchingModel": FlowMatchingModel}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
