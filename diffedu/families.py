@@ -170,8 +170,8 @@ class GAN(nn.Module):
         return self.generator(z)
 
 
-def gan_losses(gan: GAN, x: Tensor,
-               generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def gan_losses(gan: GAN, x: Tensor, generator: torch.Generator | None = None
+               ) -> tuple[Tensor, Tensor]:
     """(discriminator loss, non-saturating generator loss), eq. 1."""
     z = torch.randn(x.shape[0], gan.latent_dim, generator=generator,
                     device=x.device)

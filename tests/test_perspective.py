@@ -383,3 +383,32 @@ def test_flow_matching_model_is_an_x0_predictor_for_the_library():
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --- the recipes and the scoreboard ----------------------------------------------------------------------------
+
+def test_family_recipe_runs_end_to_end_into_a_temporary_folder(tmp_path):
+    from diffedu.family_recipes import FlowConfig
+    from diffedu.pretrained import load_pretrained
+    from diffedu.recipes import RECIPES
+
+    entry = RECIPES["flow_digits"](FlowConfig(steps=3, eval_samples=8, hidden=16, layers=2), out=str(tmp_path),
+                                   device="cpu")
+    assert entry["command"].startswith("python -m diffedu.recipes flow_digits --steps 3 ")
+    assert {"--set hidden=16", "--set layers=2", "--set eval_samples=8"} <= {
+        " ".join(p) for p in zip(entry["command"].split()[4::2], entry["command"].split()[5::2])}
+    assert {"pixel_fd", "feature_fd", "precision", "recall", "test_bpd"} <= set(entry["train_config"]["eval"])
+    model = load_pretrained("flow_digits", directory=tmp_path)
+    assert model.config == entry["config"]
+
+
+def test_scoreboard_rows_of_the_shipped_families():
+    from diffedu.family_recipes import format_scoreboard, scoreboard
+
+    rows = scoreboard(n=16, rows=("VAE", "GAN", "RealNVP flow"))
+    assert [r["model"] for r in rows] == ["VAE", "GAN", "RealNVP flow"]
+    by = {r["model"]: r for r in rows}
+    assert by["GAN"]["bpd"] is None and by["VAE"]["bpd"] > 0 and by["RealNVP flow"]["nfe"] == 1
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and r["train_min"] > 0 for r in rows)
+    text = format_scoreboard(rows)
+    assert text.count("\n") == 4 and "bits/dim" in text
