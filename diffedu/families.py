@@ -192,7 +192,6 @@ def train_gan(gan: GAN, data: Tensor, steps: int, batch_size: int = 128, lr: flo
     check_scalar("lr", lr, 0.0, math.inf, low_inclusive=False)
     data = data.reshape(data.shape[0], -1)
     check_finite("data", data)
-    torch.manual_seed(seed)
     g = torch.Generator(data.device).manual_seed(seed)
     rows = torch.Generator().manual_seed(seed + 1)
     opt_d = torch.optim.Adam(gan.discriminator.parameters(), lr=lr, betas=betas)
@@ -211,6 +210,25 @@ def train_gan(gan: GAN, data: Tensor, steps: int, batch_size: int = 128, lr: flo
         history.append((d_loss.item(), g_loss.item()))
     gan.eval()
     return history
+
+
+def generator_best_response(gan: GAN, steps: int, batch_size: int = 256, lr: float = 1e-3,
+                            seed: int = 0) -> GAN:
+    """Train the generator alone against the *frozen* discriminator for ``steps`` Adam steps (in place).
+
+    The mechanism of mode collapse (Goodfellow 2016, Sec. 5.1.1): for a fixed D, the generator's best response
+    puts all its mass where D is most convinced, whatever z is; alternating steps only postpone it."""
+    steps = check_int("steps", steps, 1)
+    p = next(gan.parameters())
+    g = torch.Generator(p.device).manual_seed(seed)
+    opt = torch.optim.Adam(gan.generator.parameters(), lr=lr, betas=(0.5, 0.999))
+    for _ in range(steps):
+        z = torch.randn(batch_size, gan.latent_dim, generator=g, device=p.device)
+        loss = F.softplus(-gan(gan.generator(z))).mean()      # -log D(G(z)), D fixed
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(gan.generator.parameters()))
+        opt.step()
+    return gan.eval()
 
 
 # --- EBM ---------------------------------------------------------------------------------------------------

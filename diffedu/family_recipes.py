@@ -307,7 +307,7 @@ def format_scoreboard(rows: list[dict]) -> str:
     for r in rows:
         bpd = f"{r['bpd']:9.2f}" if r.get("bpd") is not None else f"{'-':>9}"
         lines.append(f"{r['model']:<26}{r['chapter']:>3}{r['nfe']:>6}{bpd}{r['pixel_fd']:8.2f}{r['feature_fd']:8.1f}"
-                     f"{r['precision']:6.2f}{r['recall']:7.2f}{r['sample_ms']:10.1f}{r['train_min']:10.1f}")
+                     f"{r['precision']:6.2f}{r['recall']:7.2f}{r['sample_ms']:10.2f}{r['train_min']:10.1f}")
     return "\n".join(lines)
 
 
