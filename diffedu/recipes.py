@@ -40,6 +40,7 @@ from torch import nn
 
 from . import distill_recipes as dr
 from . import latent_recipes as lr
+from . import family_recipes as fr
 from .classifier_training import noisy_accuracy, noisy_classifier_loss
 from .data import DIGITS_LEVELS, load_digits
 from .ddim import ddim_sample
@@ -615,6 +616,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            dict(schedule="linear(N={N})", loss="ddpm_loss eps on latents, condition dropout {p_uncond} "
                 "(Peebles & Xie 2023; Ho & Salimans 2022)",
                 data=MNIST + ", encoded once by {autoencoder} (z = s * mean of q(z|x)), labels 0-9 (null 10)")),
+    *[Recipe(name, fr.CONFIGS[name], fr.NETWORKS[name], fr.digits64, fr.LOSSES[name], fr.evaluate_family(name),
+             lambda cfg: "pixel_fd", dict(schedule="none", loss=fr.TEXTS[name], data=DIGITS + ", as 64-vectors"),
+             fit=fr.fit_gan if name == "gan_digits" else None) for name in fr.FAMILIES],
 ]}
 ddpm_digits, ncsn_digits, cfg_digits = RECIPES["ddpm_digits"], RECIPES["ncsn_digits"], RECIPES["cfg_digits"]
 classifier_digits, text_shapes = RECIPES["classifier_digits"], RECIPES["text_shapes"]
@@ -650,6 +654,8 @@ FULL_MODE: dict[str, FullMode] = {
     "latent_unet_mnist": FullMode(dict(steps=40_000, batch_size=256, eval_per_class=200)),
     "pixel_unet_mnist": FullMode(dict(steps=40_000, batch_size=256, eval_per_class=200)),
     "dit_mnist": FullMode(dict(steps=40_000, batch_size=256, eval_per_class=200)),
+    **{name: FullMode(dict(steps=40_000, batch_size=256, eval_samples=2_000), fused_attention=False, autocast=None)
+       for name in fr.FAMILIES},
 }
 """Full-mode configurations of every shipped model (4x the steps or more, batch 256, the fast paths on)."""
 
@@ -751,7 +757,8 @@ def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, de
         print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
         command = recipe_command(recipe, cfg, threads, full, fused_attention, autocast, compile, world)
         texts = {key: text.format(**asdict(cfg)) for key, text in recipe.texts.items()}
-        train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), **texts,
+        train_config = {**asdict(cfg), **({"channel_mults": list(cfg.channel_mults)}
+                                           if hasattr(cfg, "channel_mults") else {}), **texts,
                         "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
                         "eval": metrics, **({"history": result.history} if hasattr(result, "history") else {})}
         metric = recipe.metric(cfg)

@@ -7,6 +7,8 @@
     python scripts/benchmark.py --fast-paths    # only training speed vs diffusers, fused attention, 2 processes
     python scripts/benchmark.py --distilled     # only chapter 6: the distilled students vs the teacher at 1-8 NFE
     python scripts/benchmark.py --latent        # only chapters 7-8: cost of pixel UNet, latent UNet and DiT
+    python scripts/benchmark.py --scoreboard    # only chapter 14: every digits model of the book on one table,
+                                                # recorded in data/scoreboard.json (--no-record: print only)
 
 Rows: each chapter's execution time in quick mode (executed with nbclient, outputs discarded) and the sample-quality
 figure it reports; training steps/s of the MLP (2-D) and the UNet (8x8 digits) at batch 128.
@@ -374,6 +376,9 @@ def main() -> None:
                                                                   "solvers at 1, 2, 4, 8 NFE")
     parser.add_argument("--latent", action="store_true", help="only chapters 7-8: pixel UNet, latent UNet and DiT "
                                                                "cost and quality")
+    parser.add_argument("--scoreboard", action="store_true", help="only chapter 14's scoreboard of every digits "
+                                                                   "model (writes data/scoreboard.json)")
+    parser.add_argument("--no-record", action="store_true", help="with --scoreboard: print, do not write the JSON")
     parser.add_argument("--ddp-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ddp_worker:
@@ -384,6 +389,17 @@ def main() -> None:
             print(" | ".join(training_speed_vs_diffusers(sizes=(size,))[0]), flush=True)
         for row in text_unet_attention_speedup() + ddp_speed():
             print(" | ".join(row), flush=True)
+        return
+    if args.scoreboard:
+        from diffedu.family_recipes import format_scoreboard, scoreboard, write_scoreboard
+
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        board = scoreboard(200)
+        print(format_scoreboard(board))
+        print(f"({time.perf_counter() - start:.0f} s on {torch.get_num_threads()} thread)")
+        if not args.no_record:
+            print(f"recorded in {write_scoreboard(board)}")
         return
     if args.distilled:
         for row in distilled_rows():

@@ -21,6 +21,10 @@ from .unet import UNet, set_fused_attention
 from .tangent import TangentMLP
 from .video import TemporalAttention, TextToVideoUNet
 from .distilled import ConsistencyModel, StepStudent
+from ..autoregressive import MADE
+from ..families import GAN, VAE
+from ..flow_matching import FlowMatchingModel
+from ..flows import CouplingFlow
 
 #: Network classes by name, as written in ``config["name"]``.
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
@@ -28,7 +32,10 @@ NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "I
                                     "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet,
                                     "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel,
                                     "Autoencoder": Autoencoder, "DigitReader": DigitReader,
-                                    "DiT": DiT}
+                                    "DiT": DiT,
+                                    # chapter 14's other families (not denoisers: no t, no prediction)
+                                    "VAE": VAE, "GAN": GAN, "MADE": MADE, "CouplingFlow": CouplingFlow,
+                                    "FlowMatchingModel": FlowMatchingModel}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
