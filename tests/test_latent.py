@@ -127,7 +127,7 @@ def test_autoencoder_loss_is_squared_error_plus_beta_kl():
     q = ae.encode(x)
     x_hat = ae.decode(q.sample(torch.Generator().manual_seed(7)))
     expected = ((x - x_hat) ** 2).flatten(1).sum(1) + 0.3 * q.kl()
-    assert loss.item() == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
 
 
 def test_autoencoder_bad_input():
