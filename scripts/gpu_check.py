@@ -50,6 +50,10 @@ def recipe_parts(name: str, batch: int) -> tuple[Any, Any, Any]:
     small = {"text_shapes": dict(train_images=max(batch, 512)), "text_video": dict(train_clips=max(batch, 64)),
              "reflow_digits": dict(pairs=batch, pair_steps=2)}
     cfg = recipe.config(**small.get(name, {}))
+    if name == "gan_digits":  # two players, two optimisers: time one step on the sum of their losses
+        from diffedu.families import gan_losses
+
+        return cfg, recipe.data(cfg), lambda m, x, g: sum(gan_losses(m, x, g))
     if recipe.fit is not None:  # progressive_digits: several rounds; time the first round's loss
         from diffedu.distill import ProgressiveDistillation
         from diffedu.distill_recipes import teacher_of
@@ -58,6 +62,14 @@ def recipe_parts(name: str, batch: int) -> tuple[Any, Any, Any]:
         return cfg, recipe.data(cfg), ProgressiveDistillation(teacher_of(cfg), linear_schedule(),
                                                               cfg.teacher_steps // 2)
     return cfg, recipe.data(cfg), recipe.loss(cfg)
+
+
+def plain_call(model: torch.nn.Module, dtype: torch.dtype | None):
+    """``model(x)`` (a network with no time argument), under autocast when ``dtype`` is given."""
+    def call(x: torch.Tensor) -> Any:
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            return model(x)
+    return call
 
 
 def time_architecture(name: str, device: torch.device, batch: int, steps: int) -> dict[str, dict[str, float]]:
@@ -76,6 +88,10 @@ def time_architecture(name: str, device: torch.device, batch: int, steps: int) -
         result = train(model, loss_fn, data, steps=steps, **kwargs)
         net = Autocast(model, dtype) if dtype is not None else model
         args = (x, torch.full((batch,), 0.5, device=device)) + ((cond,) if name != "classifier_digits" else ())
+        if not hasattr(model, "prediction") and name != "classifier_digits":  # no time argument: chapter 14's
+            args, net = (x,), plain_call(model, dtype)                            # families, the reader, the AE
+        if name == "mnist_reader":  # a classifier of the 28x28 centre of the padded digits
+            args = (x[..., 2:30, 2:30],)
         with torch.no_grad():
             net(*args)                                                            # warm-up
             synchronize(device)

@@ -13,7 +13,8 @@ from diffedu.recipes import (DigitsCFGConfig, DigitsDDPMConfig, DigitsNCSNConfig
 from diffedu.schedules import VE, linear_schedule
 
 SHIPPED = ["ddpm_digits", "ncsn_digits", "cfg_digits", "classifier_digits", "text_shapes", "text_video",
-           "progressive_digits", "consistency_digits", "consistency_training_digits", "reflow_digits"]
+           "progressive_digits", "consistency_digits", "consistency_training_digits", "reflow_digits",
+           "vae_digits", "gan_digits", "made_digits", "flow_digits", "fm_digits"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -10,21 +10,32 @@ from typing import Any
 from torch import nn
 
 from .autocast import Autocast
+from .autoencoder import Autoencoder
+from .dit import DiT
 from .embeddings import PREDICTIONS, SinusoidalEmbedding, TimeMLP, sinusoidal_embedding
 from .mlp import MLPDenoiser
-from .classifier import NoisyClassifier
+from .classifier import DigitReader, NoisyClassifier
 from .precond import InputScaled
 from .text import TextEncoder, TextToImageUNet, Tokenizer
 from .unet import UNet, set_fused_attention
 from .tangent import TangentMLP
 from .video import TemporalAttention, TextToVideoUNet
 from .distilled import ConsistencyModel, StepStudent
+from ..autoregressive import MADE
+from ..families import GAN, VAE
+from ..flow_matching import FlowMatchingModel
+from ..flows import CouplingFlow
 
 #: Network classes by name, as written in ``config["name"]``.
 NETS: dict[str, type[nn.Module]] = {"MLPDenoiser": MLPDenoiser, "UNet": UNet, "InputScaled": InputScaled,
                                     "NoisyClassifier": NoisyClassifier, "TextToImageUNet": TextToImageUNet,
                                     "TangentMLP": TangentMLP, "TextToVideoUNet": TextToVideoUNet,
-                                    "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel}
+                                    "StepStudent": StepStudent, "ConsistencyModel": ConsistencyModel,
+                                    "Autoencoder": Autoencoder, "DigitReader": DigitReader,
+                                    "DiT": DiT,
+                                    # chapter 14's other families (not denoisers: no t, no prediction)
+                                    "VAE": VAE, "GAN": GAN, "MADE": MADE, "CouplingFlow": CouplingFlow,
+                                    "FlowMatchingModel": FlowMatchingModel}
 
 
 def build_net(config: dict[str, Any]) -> nn.Module:
@@ -47,4 +58,4 @@ def build_net(config: dict[str, Any]) -> nn.Module:
 __all__ = ["PREDICTIONS", "NETS", "Autocast", "set_fused_attention",
            "SinusoidalEmbedding", "TimeMLP", "sinusoidal_embedding", "MLPDenoiser", "UNet",
            "InputScaled", "NoisyClassifier", "Tokenizer", "TextEncoder", "TextToImageUNet", "TangentMLP",
-           "TemporalAttention", "TextToVideoUNet", "StepStudent", "ConsistencyModel", "build_net"]
+           "TemporalAttention", "TextToVideoUNet", "StepStudent", "ConsistencyModel", "Autoencoder", "DigitReader", "DiT", "build_net"]

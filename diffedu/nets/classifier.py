@@ -123,3 +123,42 @@ class NoisyClassifier(nn.Module):
             dim=(2, 3)
         )  # (B, C_L): global average pool
         return self.head(h)  # (B, num_classes)
+
+
+class DigitReader(nn.Module):
+    """A plain CNN that reads 28x28 digits: ``reader(x) -> logits (B, 10)``; its last hidden layer
+    (``features``) is the feature space of the 28x28 chapters' Fréchet distance (the role Inception's pool
+    layer plays in FID, Heusel et al. 2017).
+
+    conv3x3(1 -> c) ReLU, maxpool 2; conv3x3(c -> 2c) ReLU, maxpool 2; conv3x3(2c -> 2c) ReLU;
+    flatten (2c * 7 * 7) -> Linear -> ReLU = features (feature_dim,) -> Linear -> logits (10,).
+    """
+
+    def __init__(self, channels: int = 16, feature_dim: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        check_int("channels", channels, 1)
+        check_int("feature_dim", feature_dim, 1)
+        check_int("num_classes", num_classes, 2)
+        self.config = {"name": type(self).__name__, "channels": channels, "feature_dim": feature_dim,
+                       "num_classes": num_classes}
+        c = channels
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),            # (B, c, 14, 14)
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),        # (B, 2c, 7, 7)
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(), nn.Flatten(),       # (B, 2c * 49)
+            nn.Linear(2 * c * 49, feature_dim), nn.ReLU())                        # (B, feature_dim)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def check_inputs(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming ``x`` unless it is a finite batch of 28x28 images (B, 1, 28, 28)."""
+        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
+            raise ValueError(f"x must be 28x28 digit images (B, 1, 28, 28) in [-1, 1], got "
+                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x must be finite (no NaN or inf)")
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)                                                       # (B, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))                                            # (B, num_classes)

@@ -188,8 +188,8 @@ def set_fused_attention(net: nn.Module, fused: bool = True) -> nn.Module:
     if not isinstance(net, nn.Module):
         raise ValueError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     for module in net.modules():
-        if isinstance(module, (AttentionBlock, CrossAttentionBlock)):
-            module.fused = fused
+        if isinstance(module, (AttentionBlock, CrossAttentionBlock)) or hasattr(type(module), "fused"):
+            module.fused = fused  # the UNet's blocks and any other attention layer with a fused path (DiT's)
     return net
 
 
