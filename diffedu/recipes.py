@@ -44,7 +44,7 @@ from . import family_recipes as fr
 from .classifier_training import noisy_accuracy, noisy_classifier_loss
 from .data import DIGITS_LEVELS, load_digits
 from .ddim import ddim_sample
-from .ddpm import ddpm_loss, ddpm_sample, elbo_terms
+from .ddpm import ddpm_loss, ddpm_sample, elbo_terms, q_sample
 from .distributed import check_same_on_all_ranks, init_distributed, launched_by_torchrun, rank_and_world
 from .grids import geometric_sigmas, index_grid
 from .guidance import ClassifierFreeGuidance, drop_labels
@@ -54,7 +54,7 @@ from .nets import InputScaled, NoisyClassifier, TextToImageUNet, TextToVideoUNet
 from .nets.text import Tokenizer
 from .nets.unet import set_fused_attention
 from .pretrained import register_checkpoint
-from .schedules import VE, linear_schedule
+from .schedules import VE, DiscreteSchedule, linear_schedule
 from .shapes import HELD_OUT, SIZES, VOCABULARY, ShapeSpec, make_shapes, shapes_probe
 from .train import train
 from .utils import full_mode, pick_device, seed_everything
@@ -386,19 +386,23 @@ def text_shapes_loss(cfg: TextShapesConfig) -> LossFn:
 class TextVideoConfig(DigitsTrainConfig):
     """The text_video recipe: a text-to-video DDPM on captioned moving shapes (chapter 13b).
 
-    Chapter 12's text-to-image net (16, 32, 32 channels, 2-layer text encoder with 32-dimensional tokens) with a
-    temporal attention after every cross-attention (``TextToVideoUNet``), trained from scratch by the eps loss on
-    the linear 1000-step chain, jointly on clips and single frames (Ho et al. 2022, Sec. 3.1): every step takes
-    batch_size clips of 8 frames and one random frame of each as a clip of length 1 with its still caption ("a red
-    circle"), and adds the two losses. Captions are dropped with p_uncond for CFG. ``HELD_OUT_CLIPS`` combinations
-    are never shown; evaluation samples eval_per_caption clips of every held-out and of 24 seen captions (DDIM,
-    eval_steps steps, eta = eval_eta, guidance scale eval_scale) and the frame-independent baseline (every frame
-    sampled alone by the image path, from the still caption) and reads them with ``ClipProbe``.
+    Built around chapter 12's trained text-to-image net ``init`` (``TextToVideoUNet.from_image_model``: 16, 32, 32
+    channels, 2-layer text encoder with 32-dimensional tokens, every weight copied; the motion words are new) with a
+    temporal attention after every cross-attention at ``temporal_levels`` and a 3-D temporal convolution at
+    ``conv_levels``; ``init=""`` trains from scratch. Trained on the linear 1000-step chain jointly on clips and
+    single frames (Ho et al. 2022, Sec. 3.1): every step takes batch_size clips of 8 frames and one random frame of
+    each as a clip of length 1 with its still caption ("a red circle"), and adds the two losses; the clip loss
+    weighs each example by clamp(1 / SNR, 1, snr_cap) (``snr_capped_loss``: the caption's motion is decided at low
+    SNR, where the eps loss hardly looks). Captions are dropped with p_uncond for CFG. ``HELD_OUT_CLIPS``
+    combinations are never shown; evaluation samples eval_per_caption clips of every held-out and of 24 seen
+    captions (DDIM, eval_steps steps, eta = eval_eta, guidance scale eval_scale) and the frame-independent baseline
+    (every frame sampled alone by the image path, from the still caption) and reads them with ``ClipProbe``.
     """
 
-    steps: int = 2_500
+    steps: int = 4_000
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3
+    init: str = "text_shapes"
     base_channels: int = 16
     channel_mults: tuple[int, ...] = (1, 2, 2)
     dropout: float = 0.0
@@ -406,6 +410,9 @@ class TextVideoConfig(DigitsTrainConfig):
     text_dim: int = 32
     text_layers: int = 2
     temporal_levels: tuple[int, ...] = (1, 2)
+    conv_levels: tuple[int, ...] = (0, 1, 2)
+    frame_time: bool = False
+    snr_cap: float = 100.0
     p_uncond: float = 0.1
     eval_per_caption: int = 4
     eval_steps: int = 25
@@ -414,9 +421,16 @@ class TextVideoConfig(DigitsTrainConfig):
 
 
 def text_video_unet(cfg: TextVideoConfig) -> TextToVideoUNet:
-    """The chapter 13b net: chapter 12's text-to-image UNet with temporal attention, clips of up to 8 frames."""
-    return TextToVideoUNet(vocabulary=VIDEO_VOCABULARY, max_len=6, max_frames=MAX_FRAMES, text_dim=cfg.text_dim,
-                           text_layers=cfg.text_layers, text_heads=4, temporal_levels=cfg.temporal_levels,
+    """The chapter 13b net: chapter 12's text-to-image UNet with temporal layers, clips of up to 8 frames; started
+    from the shipped image model ``cfg.init`` unless that is ""."""
+    video = dict(max_frames=MAX_FRAMES, temporal_levels=cfg.temporal_levels, conv_levels=cfg.conv_levels,
+                 frame_time=cfg.frame_time)
+    if cfg.init:
+        from .pretrained import load_pretrained
+
+        return TextToVideoUNet.from_image_model(load_pretrained(cfg.init, device="cpu"), VIDEO_VOCABULARY, **video)
+    return TextToVideoUNet(vocabulary=VIDEO_VOCABULARY, max_len=10, text_dim=cfg.text_dim,
+                           text_layers=cfg.text_layers, text_heads=4, **video,
                            unet=dict(in_channels=3, base_channels=cfg.base_channels,
                                      channel_mults=cfg.channel_mults, dropout=cfg.dropout, prediction="eps"))
 
@@ -479,13 +493,40 @@ def text_video_data(cfg: TextVideoConfig) -> tuple[torch.Tensor, torch.Tensor, t
     """train_clips captioned clips (``make_clips``, held-out combinations never drawn), the token ids of their
     captions and of their still captions (for the single frames)."""
     data = make_clips(cfg.train_clips, split="train", seed=cfg.seed)
-    tokenizer = Tokenizer(VIDEO_VOCABULARY, max_len=6)
+    tokenizer = Tokenizer(VIDEO_VOCABULARY, max_len=10)
     return data.x, tokenizer.encode(data.captions), tokenizer.encode(data.still_captions)
 
 
+def snr_capped_loss(
+    model: nn.Module,
+    x0: torch.Tensor,
+    schedule: DiscreteSchedule,
+    cap: float,
+    cond: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """DDPM's eps loss (``ddpm_loss``, same draws) with example b weighted by w_b = clamp(1 / SNR(t_b), 1, cap).
+
+    The eps loss is SNR(t) ||x0 - x0_hat||^2, so it hardly weighs x0_hat where SNR << 1, which is where a clip's
+    layout and motion are decided. w raises that weight to ||x0 - x0_hat||^2 (Salimans & Ho's max(SNR, 1)
+    weighting, in eps form) wherever SNR > 1 / cap; ``cap`` = 1 is ``ddpm_loss``.
+    """
+    B = x0.shape[0]
+    i = torch.randint(1, schedule.N + 1, (B,), generator=generator,
+                      device=x0.device).cpu()  # (B,)
+    x_i, eps = q_sample(schedule, x0, i, generator=generator)
+    alpha, sigma = schedule.coefficients(schedule.times[i], x0)  # (B, 1, ...)
+    w = ((sigma / alpha) ** 2).reshape(B).clamp(1.0, cap)  # 1 / SNR, clipped
+    t = schedule.times[i].to(device=x0.device, dtype=x0.dtype)  # (B,)
+    eps_hat = model(x_i, t, cond)
+    mse = ((eps_hat - eps) ** 2).reshape(B, -1).mean(dim=1)  # (B,)
+    return (w * mse).mean()
+
+
 def text_video_loss(cfg: TextVideoConfig) -> LossFn:
-    """Joint video-image training (Ho et al. 2022, Sec. 3.1): DDPM's loss on the clips plus DDPM's loss on one
-    random frame of each, as a clip of length 1 with its still caption; captions dropped with p_uncond (CFG)."""
+    """Joint video-image training (Ho et al. 2022, Sec. 3.1): the clips' eps loss, weighted towards low SNR
+    (``snr_capped_loss``), plus DDPM's loss on one random frame of each as a clip of length 1 with its still
+    caption; captions dropped with p_uncond (CFG)."""
     schedule = linear_schedule()
 
     def loss_fn(
@@ -497,10 +538,11 @@ def text_video_loss(cfg: TextVideoConfig) -> LossFn:
         pick = torch.randint(frames, (B,), generator=g, device=x.device)
         # (B, 3, 1, 16, 16)
         images = x[torch.arange(B, device=x.device), :, pick][:, :, None]
-        clip_loss = ddpm_loss(
+        clip_loss = snr_capped_loss(
             m,
             x,
             schedule,
+            cfg.snr_cap,
             cond=drop_labels(ids, cfg.p_uncond, m.null_label, generator=g),
             generator=g,
         )
@@ -677,9 +719,11 @@ def parse_overrides(config: type, items: list[str]) -> dict[str, Any]:
         try:
             if kind is tuple:
                 out[key] = tuple(type(defaults[key][0])(v) for v in text.split(","))
+            elif kind is bool:
+                out[key] = {"true": True, "false": False}[text.lower()]
             else:
                 out[key] = kind(text)
-        except ValueError:
+        except (ValueError, KeyError):
             raise ValueError(f"--set {key} must be a {kind.__name__}, got {text!r}") from None
     return out
 

@@ -129,6 +129,11 @@ def test_config_overrides_and_the_recorded_command():
         recipes.parse_overrides(cfg_type, ["nonsense=1"])
     with pytest.raises(ValueError, match="--set batch_size must be a int, got 'x'"):
         recipes.parse_overrides(cfg_type, ["batch_size=x"])
+    video = recipes.TextVideoConfig                                   # a bool reads its word, not bool("false")
+    assert recipes.parse_overrides(video, ["frame_time=False"]) == {"frame_time": False}
+    assert recipes.parse_overrides(video, ["frame_time=true"]) == {"frame_time": True}
+    with pytest.raises(ValueError, match="--set frame_time must be a bool, got 'yes'"):
+        recipes.parse_overrides(video, ["frame_time=yes"])
     recipe = recipes.RECIPES["ddpm_digits"]
     assert recipes.recipe_command(recipe, cfg_type()) == "python -m diffedu.recipes ddpm_digits"
     full = cfg_type(**recipes.FULL_MODE["ddpm_digits"].overrides)
