@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from diffedu.ddim import ddim_sample
+from diffedu.ddpm import ddpm_loss, q_sample
 from diffedu.editing import inpaint
 from diffedu.grids import index_grid
 from diffedu.guidance import ClassifierFreeGuidance
-from diffedu.nets import build_net
-from diffedu.ddpm import ddpm_loss, q_sample
-from diffedu.nets import TextToImageUNet
+from diffedu.nets import TextToImageUNet, build_net
 from diffedu.nets.video import TemporalAttention, TemporalConv, TextToVideoUNet
 from diffedu.recipes import snr_capped_loss
 from diffedu.shapes import VOCABULARY as IMAGE_VOCABULARY

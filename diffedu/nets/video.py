@@ -47,8 +47,7 @@ class TemporalAttention(nn.Module):
     """
 
     def __init__(self, channels: int, num_heads: int, groups: int, max_frames: int,
-                 frame_positions: bool = True, temporal_levels: Sequence[int] | None = None,
-                 conv_levels: Sequence[int] = (), frame_time: bool = False) -> None:
+                 frame_positions: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.norm = nn.GroupNorm(groups, channels)
@@ -165,7 +164,7 @@ class TextToVideoUNet(nn.Module):
         self.down_conv = nn.ModuleList(nn.ModuleList(conv(b, k) for b in u.down_cross[k]) for k in range(L))
         self.mid_conv = conv(u.mid_cross, L - 1)
         self.up_conv = nn.ModuleList(nn.ModuleList(conv(b, L - 1 - i) for b in u.up_cross[i]) for i in range(L))
-        E = u.time_mlp(torch.zeros(1)).shape[1]
+        E = u.context_embedding.out_features  # the time embedding's width
         self.frame_time = nn.Parameter(torch.zeros(max_frames, E)) if frame_time else None
         for block in self.temporal_blocks():                  # every temporal block starts as the identity
             nn.init.zeros_(block.proj_out.weight)
